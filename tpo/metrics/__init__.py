@@ -1,0 +1,33 @@
+"""Task metrics that agree with the official evaluators.
+
+``torchmetrics.Metric`` classes (DDP-ready states) plus pure functions in
+:mod:`tpo.metrics.functional` and file-level evaluators. Nothing here imports models or heads.
+"""
+
+from tpo.metrics import functional
+from tpo.metrics.grounding import GroundingAccuracy
+from tpo.metrics.moments import HighlightDetection, MomentRetrieval
+from tpo.metrics.qvhighlights import (
+    HIGHLIGHT_LEVELS,
+    QVHIGHLIGHTS_LENGTH_BUCKETS,
+    evaluate_charades_sta,
+    evaluate_qvhighlights,
+    load_jsonl,
+)
+from tpo.metrics.segmentation import JAndF
+from tpo.metrics.tracking import GOT10kMetrics, TrackingSuccess
+
+__all__ = [
+    "HIGHLIGHT_LEVELS",
+    "QVHIGHLIGHTS_LENGTH_BUCKETS",
+    "GOT10kMetrics",
+    "GroundingAccuracy",
+    "HighlightDetection",
+    "JAndF",
+    "MomentRetrieval",
+    "TrackingSuccess",
+    "evaluate_charades_sta",
+    "evaluate_qvhighlights",
+    "functional",
+    "load_jsonl",
+]

@@ -1,0 +1,269 @@
+"""File-level evaluators: QVHighlights (Moment-DETR ``standalone_eval``) and Charades-STA.
+
+Rows are the public jsonl dicts. Ground truth: ``qid, duration, relevant_windows
+[[st, ed], ...]`` and, for highlights, ``relevant_clip_ids, saliency_scores [[a0, a1, a2], ...]``.
+Submission: ``qid, pred_relevant_windows [[st, ed, score], ...]`` and/or
+``pred_saliency_scores [s0, s1, ...]`` (one per 2-second clip).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpo.metrics.functional.moments import (
+    MAP_IOU_THRESHOLDS,
+    highlight_average_precision,
+    highlight_hit_at_one,
+    moment_average_precision,
+    moment_top1_iou,
+)
+
+__all__ = [
+    "QVHIGHLIGHTS_LENGTH_BUCKETS",
+    "HIGHLIGHT_LEVELS",
+    "load_jsonl",
+    "evaluate_qvhighlights",
+    "evaluate_charades_sta",
+]
+
+#: Ground-truth window length buckets in seconds, ``(low, high]``; "full" keeps everything.
+QVHIGHLIGHTS_LENGTH_BUCKETS: dict[str, tuple[float, float]] = {
+    "short": (0.0, 10.0),
+    "middle": (10.0, 30.0),
+    "long": (30.0, 150.0),
+}
+#: Saliency level name -> minimum annotator score (0..4) for a positive clip.
+HIGHLIGHT_LEVELS: dict[str, int] = {"Fair": 2, "Good": 3, "VeryGood": 4}
+CLIP_SECONDS = 2.0
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    """Read a ``.jsonl`` or ``.jsonl.gz`` file into a list of dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such jsonl file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from err
+    return rows
+
+
+def _pct(value: float) -> float:
+    """Percent with two decimals, rounded as the official evaluator prints it."""
+    return float(f"{100 * value:.2f}")
+
+
+def _pack(rows: Sequence[Sequence[Sequence[float]]], width: int, qids: Sequence[Any],
+          what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query lists of ``width``-long rows -> ``(Q, N, width)`` float64 and ``(Q, N)`` mask."""
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    n = int(lens.max(initial=0))
+    out = np.zeros((len(rows), n, width))
+    mask = np.zeros((len(rows), n), dtype=bool)
+    if lens.sum() > 0:
+        try:
+            flat = np.asarray(list(chain.from_iterable(rows)), dtype=np.float64)
+        except (ValueError, TypeError):
+            flat = None
+        if flat is None or flat.ndim != 2 or flat.shape[1] < width:
+            for qid, r in zip(qids, rows, strict=True):
+                for w in r:
+                    if not isinstance(w, (list, tuple)) or len(w) < width:
+                        raise ValueError(f"qid {qid}: {what} entries must have {width} numbers, "
+                                         f"got {w!r}")
+            raise ValueError(f"{what}: rows of mixed length")
+        q_idx = np.repeat(np.arange(len(rows)), lens)
+        pos = np.arange(len(q_idx)) - np.repeat(np.cumsum(lens) - lens, lens)
+        out[q_idx, pos] = flat[:, :width]
+        mask[q_idx, pos] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def _check_windows(windows: torch.Tensor, mask: torch.Tensor, qids: Sequence[Any],
+                   what: str) -> None:
+    bad = (mask & (windows[..., 0] > windows[..., 1])).any(-1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"qid {qids[i]}: {what} has a window with start > end")
+
+
+def _index(rows: Sequence[dict], what: str) -> dict[Any, dict]:
+    out: dict[Any, dict] = {}
+    for i, r in enumerate(rows):
+        if "qid" not in r:
+            raise ValueError(f"{what}[{i}]: row has no 'qid'")
+        if r["qid"] in out:
+            raise ValueError(f"{what}: qid {r['qid']} appears twice")
+        out[r["qid"]] = r
+    return out
+
+
+def _match(submission: Sequence[dict], ground_truth: Sequence[dict]) -> list[dict]:
+    """Ground-truth rows in submission order; unknown or missing qids raise ``ValueError``."""
+    gt = _index(ground_truth, "ground_truth")
+    sub = _index(submission, "submission")
+    unknown = [q for q in sub if q not in gt]
+    if unknown:
+        raise ValueError(f"submission has predictions for unknown qid(s) {unknown[:5]}")
+    missing = [q for q in gt if q not in sub]
+    if missing:
+        raise ValueError(f"submission lacks qid(s) {missing[:5]} present in ground_truth")
+    return [gt[r["qid"]] for r in submission]
+
+
+def _moment_retrieval(submission: Sequence[dict], gts: Sequence[dict],
+                      max_pred_windows: int) -> dict[str, dict]:
+    qids = [r["qid"] for r in submission]
+    for g in gts:
+        if not g.get("relevant_windows"):
+            raise ValueError(f"qid {g['qid']}: ground truth has no relevant_windows")
+    pred, pmask = _pack([r["pred_relevant_windows"][:max_pred_windows] for r in submission], 3,
+                        qids, "pred_relevant_windows")
+    gt, gmask = _pack([g["relevant_windows"] for g in gts], 2, qids, "relevant_windows")
+    _check_windows(pred, pmask, qids, "pred_relevant_windows")
+    _check_windows(gt, gmask, qids, "relevant_windows")
+    length = gt[..., 1] - gt[..., 0]
+    buckets = {**QVHIGHLIGHTS_LENGTH_BUCKETS, "full": None}
+    out: dict[str, dict] = {}
+    for name, bounds in buckets.items():
+        if bounds is None:
+            keep, gm = torch.ones(len(qids), dtype=torch.bool), gmask
+        else:
+            gm = gmask & (length > bounds[0]) & (length <= bounds[1])
+            keep = gm.any(-1)
+        p, pm, s = pred[keep, :, :2], pmask[keep], pred[keep, :, 2]
+        g, gm = gt[keep], gm[keep]
+        # the official evaluator averages AP only over queries that have predictions
+        has_pred = pm.any(-1)
+        ap = moment_average_precision(p[has_pred], s[has_pred], pm[has_pred], g[has_pred],
+                                      gm[has_pred]).numpy()
+        ap_thds = ap.mean(0) if len(ap) else np.zeros(len(MAP_IOU_THRESHOLDS))
+        mr_map = {str(t): _pct(v) for t, v in zip(MAP_IOU_THRESHOLDS, ap_thds, strict=True)}
+        mr_map["average"] = _pct(np.mean(ap_thds))
+        iou = moment_top1_iou(p, pm, g, gm).numpy()
+        r1 = {str(t): _pct(np.mean(iou >= t)) if len(iou) else 0.0 for t in MAP_IOU_THRESHOLDS}
+        out[name] = {"MR-mAP": mr_map, "MR-R1": r1}
+    return out
+
+
+def _highlight_labels(gts: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q, C, 3)`` annotator scores 0..4 over all 2-s clips and the ``(Q, C)`` clip mask."""
+    n_clips = [int(g["duration"] / CLIP_SECONDS) for g in gts]
+    c = max(n_clips, default=0)
+    scores = np.zeros((len(gts), c, 3))
+    for i, g in enumerate(gts):
+        ids = np.asarray(g["relevant_clip_ids"], dtype=np.int64)
+        sal = np.asarray(g["saliency_scores"], dtype=np.float64).reshape(len(ids), -1)
+        if sal.shape[1] != 3:
+            raise ValueError(f"qid {g['qid']}: saliency_scores must have 3 annotators per clip")
+        if len(ids) and (ids.min() < 0 or ids.max() >= n_clips[i]):
+            raise ValueError(f"qid {g['qid']}: relevant_clip_ids outside the "
+                             f"{n_clips[i]} clips of a {g['duration']} s video")
+        scores[i, ids] = sal
+    mask = torch.arange(c)[None, :] < torch.tensor(n_clips)[:, None]
+    return torch.from_numpy(scores), mask
+
+
+def _highlight(submission: Sequence[dict], gts: Sequence[dict]) -> dict[str, dict]:
+    qids = [r["qid"] for r in submission]
+    gt_scores, cmask = _highlight_labels(gts)
+    raw, raw_mask = _pack([[[v] for v in r["pred_saliency_scores"]] for r in submission], 1,
+                          qids, "pred_saliency_scores")
+    raw = raw[..., 0]
+    c = cmask.shape[1]
+    aligned = torch.zeros(len(qids), c, dtype=torch.float64)
+    width = min(c, raw.shape[1])
+    aligned[:, :width] = torch.where(raw_mask[:, :width], raw[:, :width], 0.0)
+    aligned = torch.where(cmask, aligned, 0.0)
+    out = {}
+    for name, level in HIGHLIGHT_LEVELS.items():
+        labels = (gt_scores >= level) & cmask[..., None]
+        ap = highlight_average_precision(aligned, labels, cmask).numpy()
+        hit = highlight_hit_at_one(raw, raw_mask, labels, cmask).numpy()
+        out[f"HL-min-{name}"] = {"HL-mAP": _pct(np.mean(ap)),
+                                 "HL-Hit1": _pct(np.mean(hit.max(1)))}
+    return out
+
+
+def evaluate_qvhighlights(submission: Sequence[dict], ground_truth: Sequence[dict],
+                          *, max_pred_windows: int = 10) -> dict:
+    """QVHighlights moment retrieval + highlight detection, as Moment-DETR's ``standalone_eval``.
+
+    Matches ``eval_submission``: the same keys (``brief`` first, then the per-level and
+    per-length-bucket blocks, sorted) and the same numbers (percent, 2 decimals). The
+    submission must cover exactly the ground-truth qids. One deviation: a query with an empty
+    ``pred_relevant_windows`` scores an R1 miss here (the official code raises).
+
+    Raises:
+        ValueError: unknown/missing/duplicate qids, windows with start > end, malformed rows.
+    """
+    if not submission:
+        raise ValueError("submission is empty")
+    gts = _match(submission, ground_truth)
+    metrics: dict[str, dict] = {}
+    brief: OrderedDict[str, float] = OrderedDict()
+    if "pred_relevant_windows" in submission[0]:
+        mr = _moment_retrieval(submission, gts, max_pred_windows)
+        metrics.update(mr)
+        mr_brief = {
+            "MR-full-mAP": mr["full"]["MR-mAP"]["average"],
+            "MR-full-mAP@0.5": mr["full"]["MR-mAP"]["0.5"],
+            "MR-full-mAP@0.75": mr["full"]["MR-mAP"]["0.75"],
+            "MR-short-mAP": mr["short"]["MR-mAP"]["average"],
+            "MR-middle-mAP": mr["middle"]["MR-mAP"]["average"],
+            "MR-long-mAP": mr["long"]["MR-mAP"]["average"],
+            "MR-full-R1@0.5": mr["full"]["MR-R1"]["0.5"],
+            "MR-full-R1@0.7": mr["full"]["MR-R1"]["0.7"],
+        }
+        brief.update(sorted(mr_brief.items()))
+    if "pred_saliency_scores" in submission[0]:
+        hl = _highlight(submission, gts)
+        metrics.update(hl)
+        for level, block in hl.items():
+            for key, value in block.items():
+                brief[f"{level}-{key.split('-')[1]}"] = value
+    out: OrderedDict[str, Any] = OrderedDict(brief=brief)
+    out.update(sorted(metrics.items()))
+    return out
+
+
+def evaluate_charades_sta(predictions: Sequence[dict], annotations: Sequence[dict],
+                          *, thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> dict[str, float]:
+    """Charades-STA (or ActivityNet Captions) grounding: R1@IoU and mIoU, percent, 2 decimals.
+
+    Rows as in QVHighlights: predictions ``{"qid", "pred_relevant_windows": [[st, ed(, score)],
+    ...]}`` (the first listed window counts), annotations ``{"qid", "relevant_windows"}``. A hit
+    is ``IoU >= threshold`` (the usual 2D-TAN / Moment-DETR convention); with several
+    annotated windows the best-matching one counts.
+    """
+    if not predictions:
+        raise ValueError("predictions are empty")
+    gts = _match(predictions, annotations)
+    qids = [r["qid"] for r in predictions]
+    pred, pmask = _pack([[w[:2] for w in r["pred_relevant_windows"][:1]] for r in predictions], 2,
+                        qids, "pred_relevant_windows")
+    gt, gmask = _pack([g["relevant_windows"] for g in gts], 2, qids, "relevant_windows")
+    _check_windows(pred, pmask, qids, "pred_relevant_windows")
+    _check_windows(gt, gmask, qids, "relevant_windows")
+    empty = ~gmask.any(-1)
+    if bool(empty.any()):
+        raise ValueError(f"qid {qids[int(empty.nonzero()[0, 0])]}: no relevant_windows")
+    iou = moment_top1_iou(pred, pmask, gt, gmask).numpy()
+    out = {f"R1@{t}": _pct(np.mean(iou >= t)) for t in thresholds}
+    out["mIoU"] = _pct(np.mean(iou))
+    return out
