@@ -299,7 +299,8 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
             bad = ((boxes < 0) | (boxes > 1)).any(-1)
             if bad.any():
                 first = int(bad.nonzero()[0, 0])
-                raise ValueError(f"boxes[{first}] = {boxes[first].tolist()}: input boxes for "
+                values = [round(v, 4) for v in boxes[first].tolist()]
+                raise ValueError(f"boxes[{first}] = {values}: input boxes for "
                                  f"{self._box_token_names()} must be normalised to [0, 1]")
             encoded = self.box_encoder(boxes.to(self.token_ids.device, torch.float32))
             out = out.index_put(tuple(box_positions.nonzero().unbind(1)), encoded.to(out.dtype))

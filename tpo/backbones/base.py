@@ -1,0 +1,228 @@
+"""The backbone protocol: an MLLM that reads a batch and returns hidden states and visual tokens.
+
+Every backbone injects the task embeddings of its :class:`~tpo.tokens.TaskTokens` through a
+forward hook on the LLM's input-embedding module (no part of transformers is patched), so the
+same injection happens in training forwards and in ``generate``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tpo.tokens import TaskGather, TaskTokens
+
+__all__ = ["Backbone", "BackboneOutput", "group_frames"]
+
+CONFIG_NAME = "tpo_backbone.json"
+TASK_TOKENS_DIR = "task_tokens"
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone returns for a batch.
+
+    Attributes:
+        loss: scalar language-modelling loss over the ``labels`` (``None`` without labels).
+        logits: ``(B, L, V)`` next-token logits.
+        hidden_states: ``(B, L, D)`` the LLM's last hidden states (after its final norm).
+        visual: ``(B, T, N, D_v)`` per-frame visual tokens for the heads — ``T`` frames (an image
+            is one frame), ``N = h * w`` tokens on the patch grid :attr:`visual_grid`, width
+            ``D_v`` = the backbone's :attr:`Backbone.visual_dim`; ``None`` for a text-only batch.
+        visual_mask: ``(B, T)`` bool, True for real frames (samples with fewer frames are padded).
+        visual_grid: ``(h, w)`` of the patch grid behind ``N``.
+        tasks: ``{task: TaskGather}`` hidden states at each task's placeholder tokens.
+    """
+
+    loss: Tensor | None
+    logits: Tensor
+    hidden_states: Tensor
+    visual: Tensor | None = None
+    visual_mask: Tensor | None = None
+    visual_grid: tuple[int, int] | None = None
+    tasks: dict[str, TaskGather] = field(default_factory=dict)
+
+
+def group_frames(features: Tensor, counts: list[int], *, name: str) -> tuple[Tensor, Tensor]:
+    """Group per-frame tokens by sample, padding samples with fewer frames.
+
+    Args:
+        features: ``(F, N, D)`` tokens of ``F = sum(counts)`` frames, samples in order.
+        counts: frames per sample, ``len(counts) = B``.
+        name: what the features are, for the error message.
+
+    Returns:
+        ``(B, T, N, D)`` grouped tokens with ``T = max(counts)`` (zeros where padded) and
+        ``(B, T)`` bool frame mask.
+    """
+    if sum(counts) != features.shape[0]:
+        raise ValueError(f"{name}: {features.shape[0]} frames of features for {sum(counts)} "
+                         f"placeholders ({counts} per sample)")
+    batch, frames = len(counts), max(counts, default=0)
+    counts_t = torch.tensor(counts, device=features.device)
+    mask = torch.arange(frames, device=features.device)[None, :] < counts_t[:, None]
+    out = features.new_zeros(batch, frames, *features.shape[1:])
+    out[mask] = features
+    return out, mask
+
+
+class Backbone(nn.Module):
+    """Base class of the backbones.
+
+    Subclasses set :attr:`llm` (a Hugging Face model whose ``get_input_embeddings`` is the
+    module to hook), :attr:`processor`, :attr:`tokenizer`, :attr:`visual_dim` and implement
+    :meth:`forward`, :meth:`_save_model` and :meth:`_load`.
+    """
+
+    task_tokens: TaskTokens | None
+    processor: Any
+    visual_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hook_handle = None
+        self._pending_boxes: Tensor | None = None
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.language_model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The module whose input embeddings carry the task tokens (has ``get_input_embeddings``)."""
+        raise NotImplementedError
+
+    def lora_scope(self) -> tuple[nn.Module, str]:
+        """The module LoRA adapters are injected into and a regex prefix of its LLM layers' names."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ task tokens
+    def attach_task_tokens(self, task_tokens: TaskTokens | None = None, **kwargs) -> TaskTokens:
+        """Give the backbone task tokens: added to the tokenizer and the LLM's embeddings.
+
+        Args:
+            task_tokens: the module to attach; by default a new :class:`TaskTokens` of the LLM's
+                hidden size built with ``kwargs`` (e.g. ``tasks=["temporal", "box"]``).
+        """
+        if task_tokens is None:
+            task_tokens = TaskTokens(hidden_size=self.hidden_size, **kwargs)
+        if task_tokens.hidden_size != self.hidden_size:
+            raise ValueError(f"task_tokens: hidden size {task_tokens.hidden_size} differs from the "
+                             f"LLM's {self.hidden_size}")
+        task_tokens.add_to(self.tokenizer, self.language_model)
+        self.task_tokens = task_tokens
+        self.install_injection_hook()
+        return task_tokens
+
+    def install_injection_hook(self) -> None:
+        """(Re)register the forward hook that injects task embeddings on the input embeddings.
+
+        Call it again after replacing the embedding module (e.g. by PEFT).
+        """
+        if self._hook_handle is not None:
+            self._hook_handle.remove()
+            self._hook_handle = None
+        if getattr(self, "task_tokens", None) is not None:
+            embedding = self.language_model.get_input_embeddings()
+            self._hook_handle = embedding.register_forward_hook(self._inject_hook)
+
+    def _inject_hook(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        input_ids = args[0] if args else None
+        if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or output.ndim != 3:
+            return None
+        return self.task_tokens.inject(input_ids, output, self._pending_boxes)
+
+    @contextmanager
+    def input_boxes(self, boxes: Tensor | None):
+        """Boxes for the ``<track_box>`` tokens of the forwards run inside this context.
+
+        ``boxes (K, 4)`` normalised ``(cx, cy, w, h)``, one per input-box token in row-major order.
+        """
+        previous, self._pending_boxes = self._pending_boxes, boxes
+        try:
+            yield
+        finally:
+            self._pending_boxes = previous
+
+    def gather_tasks(self, input_ids: Tensor, hidden_states: Tensor) -> dict[str, TaskGather]:
+        if self.task_tokens is None:
+            return {}
+        return self.task_tokens.gather(input_ids, hidden_states)
+
+    # ------------------------------------------------------------------ batches
+    @staticmethod
+    def _require(batch: Mapping[str, Any], key: str) -> Tensor:
+        if key not in batch or batch[key] is None:
+            raise ValueError(f"batch: missing {key!r}; got keys {sorted(batch)}")
+        return batch[key]
+
+    def _lm_forward(self, batch: Mapping[str, Any], **model_kwargs) -> Any:
+        """Run the wrapped model with the batch's text fields, boxes and ``model_kwargs``."""
+        input_ids = self._require(batch, "input_ids")
+        with self.input_boxes(batch.get("track_boxes")):
+            return self.model(input_ids=input_ids, attention_mask=batch.get("attention_mask"),
+                              labels=batch.get("labels"), output_hidden_states=True,
+                              return_dict=True, **model_kwargs)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the model, processor, task tokens and a ``tpo_backbone.json`` to ``directory``."""
+        adapted = [n for n, _ in self.named_parameters() if "lora_" in n or "token_adapter" in n]
+        if adapted:
+            raise ValueError(f"save_pretrained: the backbone carries LoRA adapters ({adapted[0]}, ...); "
+                             "save the base backbone before apply_lora, and the adapters with the heads")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"class": type(self).__name__, **self._save_model(directory)}
+        if self.task_tokens is not None:
+            self.task_tokens.save_pretrained(directory / TASK_TOKENS_DIR)
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs) -> Backbone:
+        """Load a backbone written by :meth:`save_pretrained` from a local folder."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: no {CONFIG_NAME}; expected a folder written by "
+                                    "Backbone.save_pretrained")
+        config = json.loads(config_path.read_text())
+        if config["class"] != cls.__name__ and cls is not Backbone:
+            raise ValueError(f"{config_path}: holds a {config['class']}, not a {cls.__name__}")
+        target = cls if cls is not Backbone else _backbone_class(config["class"])
+        backbone = target._load(directory, config, **kwargs)
+        tokens_dir = directory / TASK_TOKENS_DIR
+        if tokens_dir.is_dir():
+            backbone.task_tokens = TaskTokens.from_pretrained(tokens_dir)
+            backbone.task_tokens.bind(backbone.tokenizer)
+            backbone.install_injection_hook()
+        return backbone
+
+    def _save_model(self, directory: Path) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def _load(cls, directory: Path, config: dict, **kwargs) -> Backbone:
+        raise NotImplementedError
+
+
+def _backbone_class(name: str) -> type[Backbone]:
+    from tpo.backbones.llava import LlavaBackbone
+    from tpo.backbones.videochat import VideoChatBackbone
+
+    classes = {c.__name__: c for c in (LlavaBackbone, VideoChatBackbone)}
+    if name not in classes:
+        raise ValueError(f"unknown backbone class {name!r}; expected one of {sorted(classes)}")
+    return classes[name]

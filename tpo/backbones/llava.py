@@ -1,0 +1,280 @@
+"""Hugging Face's LLaVA family as a TPO backbone.
+
+Supported model types (through ``AutoModelForImageTextToText``): ``llava``
+(``LlavaForConditionalGeneration``; a video is fed as its frames, one image each),
+``llava_onevision``, ``llava_next_video`` and ``video_llava``.
+
+The backbone computes the visual features once with the model's own ``get_image_features`` /
+``get_video_features``, keeps them as per-frame tokens for the heads, and hands them to the
+model through its ``mm_encoder_outputs`` argument, so nothing is encoded twice.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+
+from tpo.backbones.base import Backbone, BackboneOutput, group_frames
+from tpo.tokens import TaskTokens
+
+__all__ = ["LlavaBackbone", "LlavaFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
+
+SUPPORTED_MODEL_TYPES = ("llava", "llava_onevision", "llava_next_video", "video_llava")
+_VIDEO_MODEL_TYPES = ("llava_onevision", "llava_next_video", "video_llava")
+
+
+class LlavaFamilyProcessor:
+    """A Hugging Face LLaVA processor that also takes videos for image-only models.
+
+    Texts carry :attr:`image_token` once per image and :attr:`video_token` once per video; the
+    wrapped processor expands them to the model's number of visual tokens. With
+    ``frames_as_images`` (plain LLaVA) a video marker becomes one image marker per frame and the
+    frames go in as images.
+
+    Args:
+        processor: the Hugging Face processor (``LlavaProcessor``, ``LlavaOnevisionProcessor``...).
+        frames_as_images: feed videos as their frames, one image each.
+    """
+
+    def __init__(self, processor: Any, *, frames_as_images: bool) -> None:
+        self.processor = processor
+        self.frames_as_images = frames_as_images
+        self.image_token: str = processor.image_token
+        self.video_token: str = "<video>" if frames_as_images else processor.video_token
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def __call__(self, text: list[str] | str, images: list | None = None, videos: list | None = None,
+                 **kwargs) -> BatchFeature:
+        """Tokenise ``text`` and encode ``images`` / ``videos`` (``(T, H, W, 3)`` uint8 each)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if self.frames_as_images and videos:
+            texts, images = self._videos_to_frames(texts, list(images or []), list(videos))
+            videos = None
+        kwargs.setdefault("return_tensors", "pt")
+        kwargs.setdefault("padding", True)
+        if images and "video_llava" in type(self.processor).__name__.lower():
+            kwargs.setdefault("return_legacy_image_output", False)
+        return self.processor(text=texts, images=images or None, videos=videos or None, **kwargs)
+
+    def _videos_to_frames(self, texts: list[str], images: list, videos: list) -> tuple[list, list]:
+        pattern = f"({re.escape(self.image_token)}|{re.escape(self.video_token)})"
+        image_iter, video_iter = iter(images), iter(videos)
+        out_texts, out_images = [], []
+        for text in texts:
+            parts = []
+            for piece in re.split(pattern, text):
+                if piece == self.image_token:
+                    out_images.append(next(image_iter))
+                    parts.append(piece)
+                elif piece == self.video_token:
+                    frames = list(next(video_iter))
+                    out_images.extend(frames)
+                    parts.append(self.image_token * len(frames))
+                else:
+                    parts.append(piece)
+            out_texts.append("".join(parts))
+        return out_texts, out_images
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.processor.save_pretrained(str(directory))
+
+
+class LlavaBackbone(Backbone):
+    """A LLaVA-family model with TPO task tokens.
+
+    Args:
+        model: a ``*ForConditionalGeneration`` of one of :data:`SUPPORTED_MODEL_TYPES`.
+        processor: its Hugging Face processor, or a :class:`LlavaFamilyProcessor`.
+        task_tokens: task tokens to attach (added to the tokenizer and embeddings if the tokenizer
+            lacks them); ``None`` for none.
+
+    ``forward(batch)`` reads ``input_ids (B, L)``, ``attention_mask (B, L)``, optional
+    ``labels (B, L)`` (-100 where ignored), ``pixel_values`` (+ ``image_sizes``,
+    ``batch_num_images``) and ``pixel_values_videos (B, T, 3, H, W)`` as the processor returns them,
+    and ``track_boxes (K, 4)`` for ``<track_box>`` tokens. Its ``visual`` output is the per-frame
+    visual tokens after the multimodal projector, in the LLM width (``visual_dim = D``): an image
+    is one frame with the base-resolution patch grid (any-resolution crops are left to the LLM),
+    a video's frames keep the model's own per-frame pooling. A batch may mix image and video
+    samples only where both give the same number of tokens per frame.
+    """
+
+    def __init__(self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None) -> None:
+        super().__init__()
+        model_type = model.config.model_type
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model: model_type {model_type!r} is not supported; expected one of "
+                             f"{SUPPORTED_MODEL_TYPES}")
+        self.model = model
+        self.model_type = model_type
+        if not isinstance(processor, LlavaFamilyProcessor):
+            processor = LlavaFamilyProcessor(processor, frames_as_images=model_type == "llava")
+        self.processor = processor
+        self.visual_dim = model.config.text_config.hidden_size
+        vision = model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        self._image_grid = (side, side)
+        self.task_tokens = None
+        if task_tokens is not None:
+            if self._has_tokens(task_tokens):
+                task_tokens.bind(self.tokenizer)
+                self.task_tokens = task_tokens
+                self.install_injection_hook()
+            else:
+                self.attach_task_tokens(task_tokens)
+
+    def _has_tokens(self, task_tokens: TaskTokens) -> bool:
+        vocab = self.tokenizer.get_vocab()
+        return all(tok in vocab for spec in task_tokens.specs.values() for tok in spec.tokens)
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model
+
+    def lora_scope(self) -> tuple[nn.Module, str]:
+        return self.model, r"model\.language_model\."
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    @property
+    def video_token_id(self) -> int | None:
+        return getattr(self.model.config, "video_token_id", None)
+
+    # ------------------------------------------------------------------ visual features
+    def _image_features(self, batch: dict) -> tuple[Any, Tensor, int]:
+        """Encode images.
+
+        Returns:
+            the model's encoder output, ``(num_images, N, D)`` base-grid tokens and the number of
+            text placeholders per image (meaningful for fixed-size images).
+        """
+        kwargs = {"pixel_values": batch["pixel_values"]}
+        if self.model_type in ("llava_onevision", "llava_next_video"):
+            kwargs["image_sizes"] = batch.get("image_sizes")
+        if self.model_type == "llava_onevision" and batch.get("batch_num_images") is not None:
+            kwargs["batch_num_images"] = batch["batch_num_images"]
+        encoded = self.model.model.get_image_features(**kwargs, return_dict=True)
+        pooled = encoded.pooler_output
+        n_base = self._image_grid[0] * self._image_grid[1]
+        if isinstance(pooled, Tensor):
+            tokens = pooled
+        else:
+            tokens = torch.stack([p[:n_base] if p.shape[0] != n_base + 1 else p for p in pooled])
+        return encoded, self._drop_cls(tokens), tokens.shape[1]
+
+    def _video_features(self, batch: dict) -> tuple[Any, Tensor]:
+        """Encode videos -> (model encoder output, ``(B_v, T, n, D)`` per-frame tokens)."""
+        videos = batch["pixel_values_videos"]
+        num_videos, num_frames = videos.shape[:2]
+        encoded = self.model.model.get_video_features(pixel_values_videos=videos, return_dict=True)
+        pooled = encoded.pooler_output
+        if self.model_type == "llava_onevision":
+            pooled = pooled[:, :-1]  # the trailing image_newline token
+        tokens = pooled.reshape(num_videos * num_frames, -1, pooled.shape[-1])
+        return encoded, self._drop_cls(tokens).unflatten(0, (num_videos, num_frames))
+
+    @staticmethod
+    def _drop_cls(tokens: Tensor) -> Tensor:
+        """``(F, N, D)``: drop a leading CLS token when ``N - 1`` is a square."""
+        n = tokens.shape[1]
+        if math.isqrt(n) ** 2 != n and math.isqrt(n - 1) ** 2 == n - 1:
+            return tokens[:, 1:]
+        return tokens
+
+    def _images_per_sample(self, input_ids: Tensor, num_images: int, tokens_per_image: int) -> list[int]:
+        is_image = input_ids == self.image_token_id
+        if self.model_type in ("llava", "video_llava"):
+            counts = (is_image.sum(1) // tokens_per_image).tolist()
+        else:  # any-resolution images: one contiguous run of image tokens per image
+            starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0))[:, :-1]
+            counts = starts.sum(1).tolist()
+        if sum(counts) != num_images:
+            raise ValueError(f"input_ids: {sum(counts)} image placeholders ({counts} per sample) but "
+                             f"pixel_values holds {num_images} images")
+        return counts
+
+    def encode_visual(self, batch: dict) -> tuple[dict[str, Any], Tensor | None, Tensor | None]:
+        """Encode the batch's images and videos.
+
+        Returns:
+            ``mm_encoder_outputs`` for the model, ``visual (B, T, N, D)`` and ``visual_mask (B, T)``
+            (both ``None`` for a text-only batch).
+        """
+        input_ids = self._require(batch, "input_ids")
+        batch_size = input_ids.shape[0]
+        mm, per_sample = {}, [[] for _ in range(batch_size)]
+        if batch.get("pixel_values") is not None:
+            mm["image"], image_tokens, per_image = self._image_features(batch)
+            counts = self._images_per_sample(input_ids, image_tokens.shape[0], per_image)
+            for b, frames in enumerate(image_tokens.split(counts)):
+                per_sample[b].append(frames)
+        if batch.get("pixel_values_videos") is not None:
+            mm["video"], video_tokens = self._video_features(batch)
+            has_video = (input_ids == self.video_token_id).any(1).nonzero().flatten().tolist()
+            if len(has_video) != video_tokens.shape[0]:
+                raise ValueError(f"input_ids: {len(has_video)} samples have video tokens but "
+                                 f"pixel_values_videos holds {video_tokens.shape[0]} videos")
+            for b, frames in zip(has_video, video_tokens, strict=True):
+                per_sample[b].append(frames)
+        if not mm:
+            return mm, None, None
+        frames = [torch.cat(f) if f else None for f in per_sample]
+        sizes = {f.shape[1:] for f in frames if f is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"batch: samples give different visual token shapes {sorted(sizes)} per "
+                             "frame (images and videos mixed); batch them separately")
+        (size,) = sizes
+        empty = next(f for f in frames if f is not None).new_zeros(0, *size)
+        frames = [f if f is not None else empty for f in frames]
+        visual, mask = group_frames(torch.cat(frames), [f.shape[0] for f in frames], name="visual tokens")
+        return mm, visual, mask
+
+    @staticmethod
+    def _grid(num_tokens: int) -> tuple[int, int]:
+        side = math.isqrt(num_tokens)
+        return (side, side) if side * side == num_tokens else (1, num_tokens)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict) -> BackboneOutput:
+        """Run the model on a batch; see the class docstring for the keys."""
+        mm, visual, visual_mask = self.encode_visual(batch)
+        out = self._lm_forward(batch, mm_encoder_outputs=mm or None)
+        hidden = out.hidden_states[-1]
+        return BackboneOutput(
+            loss=out.loss, logits=out.logits, hidden_states=hidden, visual=visual,
+            visual_mask=visual_mask,
+            visual_grid=self._grid(visual.shape[2]) if visual is not None else None,
+            tasks=self.gather_tasks(batch["input_ids"], hidden),
+        )
+
+    # ------------------------------------------------------------------ save / load
+    def _save_model(self, directory: Path) -> dict:
+        self.model.save_pretrained(directory / "model")
+        self.processor.save_pretrained(directory / "processor")
+        return {"model_type": self.model_type}
+
+    @classmethod
+    def _load(cls, directory: Path, config: dict, **model_kwargs) -> LlavaBackbone:
+        model = AutoModelForImageTextToText.from_pretrained(directory / "model", **model_kwargs)
+        processor = AutoProcessor.from_pretrained(directory / "processor")
+        return cls(model, processor)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **model_kwargs) -> LlavaBackbone:
+        """Load from a folder written by :meth:`save_pretrained`, or from a plain Hugging Face model
+        folder (``config.json`` + weights + processor files) on local disk."""
+        directory = Path(directory)
+        if not (directory / "tpo_backbone.json").is_file() and (directory / "config.json").is_file():
+            model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
+            return cls(model, AutoProcessor.from_pretrained(directory))
+        return super().from_pretrained(directory, **model_kwargs)

@@ -1,0 +1,81 @@
+"""Optional LoRA on the LLM of a backbone, through PEFT (the ``peft`` extra).
+
+Adapters are injected in place (``peft.inject_adapter_in_model``), so the backbone keeps its
+model objects. The base weights are frozen; the LoRA matrices, the rows of the task tokens in the
+input embeddings and output projection (PEFT's trainable tokens) and the task embeddings stay
+trainable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from tpo.backbones.base import Backbone
+
+__all__ = ["apply_lora", "DEFAULT_LORA_TARGETS", "is_lora_parameter"]
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+_TRAINABLE_MARKERS = ("lora_", "trainable_tokens_delta")
+
+
+def is_lora_parameter(name: str) -> bool:
+    """Whether a parameter name belongs to the LoRA adapters or trainable token rows."""
+    return any(marker in name for marker in _TRAINABLE_MARKERS)
+
+
+def apply_lora(backbone: Backbone, *, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+               r: int = 16, alpha: int = 32, dropout: float = 0.05,
+               train_token_rows: bool = True) -> list[str]:
+    """Put LoRA adapters on the named linear layers of the backbone's LLM and freeze the rest.
+
+    Args:
+        backbone: a backbone; only its language model gets adapters (never the vision tower).
+        target_modules: names of the LLM's linear layers to adapt (``q_proj``, ``v_proj``...).
+        r: LoRA rank.
+        alpha: LoRA scaling numerator (scale = alpha / r).
+        dropout: dropout on the LoRA input.
+        train_token_rows: keep the task tokens' rows of the input embeddings and of the output
+            projection trainable (PEFT ``trainable_token_indices``).
+
+    Returns:
+        Names of the backbone's trainable parameters after the call.
+
+    Raises:
+        ImportError: ``peft`` is not installed (``pip install "tpo[peft]"``).
+        ValueError: no module of the LLM matches ``target_modules``.
+    """
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:
+        raise ImportError("apply_lora needs PEFT: pip install 'tpo[peft]'") from err
+    model, scope = backbone.lora_scope()
+    names = "|".join(re.escape(t) for t in target_modules)
+    pattern = rf"^{scope}(?:.*\.)?({names})$"
+    if not any(re.match(pattern, n) for n, m in model.named_modules() if isinstance(m, nn.Linear)):
+        raise ValueError(f"target_modules: no linear layer of the LLM matches {list(target_modules)} "
+                         f"(pattern {pattern!r})")
+    token_indices = None
+    if train_token_rows and backbone.task_tokens is not None:
+        rows = backbone.task_tokens.trainable_token_rows().tolist()
+        token_indices = {_module_name(model, backbone.language_model.get_input_embeddings()): rows}
+        output = backbone.language_model.get_output_embeddings()
+        if output is not None and output.weight is not backbone.language_model.get_input_embeddings().weight:
+            token_indices[_module_name(model, output)] = rows
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern,
+                        trainable_token_indices=token_indices)
+    inject_adapter_in_model(config, model)
+    for name, param in backbone.named_parameters():
+        param.requires_grad_(is_lora_parameter(name) or name.startswith("task_tokens."))
+    backbone.install_injection_hook()
+    return [n for n, p in backbone.named_parameters() if p.requires_grad]
+
+
+def _module_name(root: nn.Module, module: nn.Module) -> str:
+    for name, candidate in root.named_modules():
+        if candidate is module:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError(f"{type(module).__name__} is not a submodule of {type(root).__name__}")
