@@ -1,0 +1,226 @@
+"""Turn task items into the batch a backbone consumes.
+
+The collator renders each item's turns in a chat format, puts the processor's image/video
+markers in, tokenises with ``processor(text=..., images=..., videos=...)`` (which expands each
+marker to the right number of visual tokens and pads on the tokenizer's side), sets ``labels`` to
+-100 everywhere but the answers, and gathers per-task targets in the heads' internal units.
+
+Batch (``B`` samples, ``L`` tokens):
+
+- ``input_ids (B, L)``, ``attention_mask (B, L)``, ``labels (B, L)`` (-100 off the answers);
+- ``pixel_values`` / ``pixel_values_videos`` and any other processor output;
+- ``track_boxes (K, 4)`` normalised cxcywh, one per input-box token in row-major order of
+  (sample, position);
+- ``targets``: ``{task: {...}}``, each with ``sample_index (n,)`` long:
+  temporal ``spans`` (list of ``(m, 2)`` cxw) and ``saliency (n, T)``;
+  box ``boxes (n, 4)`` cxcywh; track ``boxes (n, T, 4)`` cxcywh and ``visible (n, T)`` bool;
+  mask ``masks (n, T, H, W)`` bool;
+- ``meta``: one dict per sample (``id``, ``task``, ``duration`` s, ``frame_size`` (H, W) px,
+  ``timestamps`` s) to bring predictions back to seconds and pixels;
+- ``tasks``: the task of each sample; ``skipped``: messages of samples skipped on load errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["ChatFormat", "TaskCollator"]
+
+VIDEO_MARKER, IMAGE_MARKER = "<video>", "<image>"
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How turns become text: ``system + user + instruction + assistant + " " + answer + eos``,
+    turns joined by ``turn_end``. The default is LLaVA-1.5's ``USER: ... ASSISTANT: ...``.
+
+    ``assistant`` must not end in a space: the answer brings its own leading space, so the
+    prompt tokenises the same alone and followed by the answer.
+    """
+
+    system: str = ""
+    user: str = "USER: "
+    assistant: str = " ASSISTANT:"
+    turn_end: str = "\n"
+
+
+def _to_tensor(x, dtype=None) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+class TaskCollator:
+    """Collate task items (from :mod:`tpo.datamodules.datasets`) into a backbone batch.
+
+    Args:
+        processor: a Hugging Face style processor with ``image_token`` / ``video_token``.
+        tokenizer: the processor's tokenizer (default ``processor.tokenizer``), used to locate
+            the answers; it must tokenise like the processor does.
+        chat: the chat format (default :class:`ChatFormat`).
+        add_eos: end every answer with the tokenizer's EOS token (part of the labels).
+        padding_side: ``"left"`` / ``"right"`` to override the tokenizer's side while collating.
+        generation: leave the last answer out and end the text with the assistant prefix (for
+            generation; labels are then all -100).
+    """
+
+    def __init__(self, *, processor, tokenizer=None, chat: ChatFormat | None = None,
+                 add_eos: bool = True, padding_side: str | None = None,
+                 generation: bool = False) -> None:
+        if chat is not None and chat.assistant.endswith(" "):
+            raise ValueError("chat.assistant must not end with a space (the answer starts with "
+                             "one)")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side: expected 'left', 'right' or None, "
+                             f"got {padding_side!r}")
+        self.processor = processor
+        self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
+        self.chat = chat or ChatFormat()
+        self.add_eos = add_eos
+        self.padding_side = padding_side
+        self.generation = generation
+
+    @classmethod
+    def from_backbone(cls, backbone, **kwargs) -> TaskCollator:
+        """A collator for ``backbone.processor`` and ``backbone.tokenizer``."""
+        return cls(processor=backbone.processor, tokenizer=backbone.tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------ text
+    def _segments(self, item: dict) -> list[tuple[str, bool]]:
+        """``(text, is_answer)`` pieces of one item's conversation."""
+        marker = (VIDEO_MARKER if item.get("video") is not None
+                  else IMAGE_MARKER if item.get("image") is not None else None)
+        turns = [list(t) for t in item["turns"]]
+        joined = "".join(u for u, _ in turns)
+        if marker and marker not in joined:
+            turns[0][0] = f"{marker}\n{turns[0][0]}"
+        count = {m: sum(u.count(m) for u, _ in turns) for m in (VIDEO_MARKER, IMAGE_MARKER)}
+        expected = {VIDEO_MARKER: int(marker == VIDEO_MARKER),
+                    IMAGE_MARKER: int(marker == IMAGE_MARKER)}
+        if count != expected:
+            raise ValueError(f"sample {item.get('id')}: the text has {count} media markers for "
+                             f"media {expected}")
+        eos = (self.tokenizer.eos_token or "") if self.add_eos else ""
+        pieces = [(self.chat.system, False)]
+        for j, (user, answer) in enumerate(turns):
+            if marker == VIDEO_MARKER:
+                user = user.replace(VIDEO_MARKER, self.processor.video_token)
+            elif marker == IMAGE_MARKER:
+                user = user.replace(IMAGE_MARKER, self.processor.image_token)
+            pieces.append((self.chat.user + user + self.chat.assistant, False))
+            last = j == len(turns) - 1
+            if last and self.generation:
+                break
+            pieces.append((" " + answer.strip() + eos, True))
+            if not last:
+                pieces.append((self.chat.turn_end, False))
+        return [(text, target) for text, target in pieces if text]
+
+    def _answer_spans(self, pieces: list[tuple[str, bool]], item_id
+                      ) -> tuple[list[tuple[int, int]], list[int], int]:
+        """Answer token ranges counted from the text's end, in the tokenizer's tokens.
+
+        Returns:
+            ranges: ``(start, end)`` of every answer, as offsets from the end of the text tokens.
+            tail: the tokens from the first answer to the end (for the alignment check).
+            trailing: special tokens the tokenizer appends after the text.
+        """
+        tok = self.tokenizer
+        full = "".join(text for text, _ in pieces)
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        with_special = tok(full)["input_ids"]
+        lead = next((k for k in range(len(with_special) - len(ids) + 1)
+                     if with_special[k:k + len(ids)] == ids), None)
+        if lead is None:
+            raise ValueError(f"sample {item_id}: the tokenizer's special tokens interleave with "
+                             "the text; cannot locate the answers")
+        trailing = len(with_special) - lead - len(ids)
+        ranges, prefix, first, start = [], "", None, 0
+        for text, target in pieces:
+            prefix += text
+            prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+            end = len(prefix_ids)
+            if ids[:end] != prefix_ids:
+                raise ValueError(f"sample {item_id}: tokens merge across the boundary before "
+                                 f"{text!r}; make the chat format separate the pieces")
+            if target:
+                ranges.append((len(ids) - start, len(ids) - end))
+                first = start if first is None else first
+            start = end
+        return ranges, ids[first:] if first is not None else [], trailing
+
+    # ------------------------------------------------------------------ batch
+    def __call__(self, items: Sequence[dict]) -> dict:
+        if not items:
+            raise ValueError("collate: no items")
+        texts, images, videos, located = [], [], [], []
+        for item in items:
+            pieces = self._segments(item)
+            texts.append("".join(text for text, _ in pieces))
+            located.append(self._answer_spans(pieces, item.get("id")))
+            if item.get("video") is not None:
+                videos.append(np.ascontiguousarray(item["video"]))
+            elif item.get("image") is not None:
+                images.append(np.ascontiguousarray(item["image"]))
+        kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+        old_side = self.tokenizer.padding_side
+        if self.padding_side:
+            self.tokenizer.padding_side = self.padding_side
+        try:
+            encoded = dict(self.processor(**kwargs))
+        finally:
+            self.tokenizer.padding_side = old_side
+        input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        labels = torch.full_like(input_ids, -100)
+        for b, ((ranges, tail, trailing), item) in enumerate(zip(located, items, strict=True)):
+            valid = mask[b].nonzero().flatten()
+            end = int(valid[-1]) + 1 - trailing
+            if tail and input_ids[b, end - len(tail):end].tolist() != tail:
+                raise ValueError(f"sample {item.get('id')}: the processor's tokens after the first "
+                                 "answer differ from the tokenizer's; labels cannot be placed")
+            for back_start, back_end in ranges:
+                labels[b, end - back_start:end - back_end] = input_ids[b, end - back_start:end -
+                                                                      back_end]
+        boxes = [np.asarray(item["input_boxes"], np.float32).reshape(-1, 4)
+                 for item in items if item.get("input_boxes") is not None]
+        encoded.update(
+            labels=labels,
+            track_boxes=_to_tensor(np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+                                   torch.float32),
+            targets=self._targets(items),
+            meta=[item.get("meta", {}) | {"id": item.get("id"), "task": item["task"]}
+                  for item in items],
+            tasks=[item["task"] for item in items],
+            skipped=[msg for item in items for msg in item.get("skipped", [])],
+        )
+        return encoded
+
+    @staticmethod
+    def _targets(items: Sequence[dict]) -> dict[str, dict]:
+        by_task: dict[str, list[int]] = {}
+        for b, item in enumerate(items):
+            if item.get("target") is not None:
+                by_task.setdefault(item["task"], []).append(b)
+        out = {}
+        for task, index in by_task.items():
+            rows = [items[b]["target"] for b in index]
+            entry = {"sample_index": torch.tensor(index, dtype=torch.long)}
+            for key in rows[0]:
+                values = [r[key] for r in rows]
+                if task == "temporal" and key == "spans":
+                    entry[key] = [_to_tensor(v, torch.float32).reshape(-1, 2) for v in values]
+                    continue
+                shapes = {np.shape(v) for v in values}
+                if len(shapes) > 1:
+                    raise ValueError(f"targets[{task!r}][{key!r}]: samples "
+                                     f"{[items[b].get('id') for b in index]} have shapes "
+                                     f"{sorted(shapes)}; resize them to one size (frame_size)")
+                entry[key] = _to_tensor(np.stack(values))
+            out[task] = entry
+        return out

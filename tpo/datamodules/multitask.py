@@ -1,0 +1,237 @@
+"""Several task datasets behind one Lightning data module, mixed by per-task weights."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+
+import lightning as L
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from tpo.datamodules.collate import ChatFormat, TaskCollator
+from tpo.datamodules.datasets import (
+    ConversationDataset,
+    MaskDataset,
+    MomentDataset,
+    RefDataset,
+    TaskDataset,
+    TrackDataset,
+)
+
+__all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler"]
+
+log = logging.getLogger(__name__)
+
+
+class MultiTaskDataset(Dataset):
+    """Named task datasets addressed by keys ``(dataset_index, sample_index, draw_seed)``."""
+
+    def __init__(self, datasets: Mapping[str, TaskDataset]) -> None:
+        if not datasets:
+            raise ValueError("datasets: expected at least one task dataset")
+        self.names = list(datasets)
+        self.datasets = [datasets[n] for n in self.names]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(d) for d in self.datasets]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        d, i, seed = key
+        return self.datasets[d][(i, seed)]
+
+
+class MultiTaskSampler(DistributedSampler):
+    """Keys ``(dataset, sample, draw_seed)`` for :class:`MultiTaskDataset`.
+
+    ``shuffle=True``: ``num_samples`` draws per epoch; each picks a dataset with probability
+    proportional to its weight, then the next sample of that dataset's own permutation (so a
+    dataset is covered before any sample repeats). ``shuffle=False``: every sample of every
+    dataset once, in order. Either way the key list is a function of ``(seed, epoch)`` only and
+    is split across ranks as :class:`~torch.utils.data.DistributedSampler` does (padded by
+    repetition to a multiple of the world size), so Lightning does not wrap it again.
+
+    Args:
+        sizes: number of samples of each dataset.
+        weights: sampling weight of each dataset (default: proportional to the sizes).
+        num_samples: draws per epoch over all ranks (default: the sum of the sizes).
+        num_replicas / rank: default from ``torch.distributed`` when initialised, else 1 / 0.
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float] | None = None, *,
+                 num_samples: int | None = None, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        if any(n <= 0 for n in sizes):
+            raise ValueError(f"sizes: every dataset needs samples, got {list(sizes)}")
+        weights = np.asarray(sizes if weights is None else weights, dtype=np.float64)
+        if weights.shape != (len(sizes),) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights: expected {len(sizes)} non-negative weights with a "
+                             f"positive sum, got {weights.tolist()}")
+        initialised = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas if num_replicas is not None else (
+            dist.get_world_size() if initialised else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
+        self.sizes, self.probs = list(sizes), weights / weights.sum()
+        self.shuffle, self.seed, self.epoch, self.drop_last = shuffle, seed, 0, False
+        self.total = (num_samples or sum(sizes)) if shuffle else sum(sizes)
+        self.num_samples = math.ceil(self.total / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def keys(self) -> list[tuple[int, int, int]]:
+        """All ranks' keys of the current epoch, before the split."""
+        if not self.shuffle:
+            return [(d, i, 0) for d, n in enumerate(self.sizes) for i in range(n)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        choice = rng.choice(len(self.sizes), size=self.total, p=self.probs)
+        orders = [rng.permutation(n) for n in self.sizes]
+        seen = [0] * len(self.sizes)
+        seeds = rng.integers(0, 2**31 - 1, size=self.total)
+        keys = []
+        for k, d in enumerate(choice):
+            d = int(d)
+            keys.append((d, int(orders[d][seen[d] % self.sizes[d]]), int(seeds[k])))
+            seen[d] += 1
+        return keys
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        keys = self.keys()
+        keys += keys[: self.total_size - len(keys)]
+        return iter(keys[self.rank:self.total_size:self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Train and validation loaders over several task datasets; batches may mix tasks.
+
+    Args:
+        train: ``{name: TaskDataset}`` for training.
+        val: ``{name: TaskDataset}`` for validation (each sample once, in order), or ``None``.
+        weights: ``{name: weight}`` sampling weights (default: proportional to sizes).
+        batch_size: samples per batch (per process).
+        num_workers: DataLoader workers; decoders are opened inside them.
+        samples_per_epoch: training draws per epoch over all processes (default: all samples).
+        seed: the sampler's seed; the same seed gives the same batches.
+        backbone: the model's backbone (``.processor``, ``.tokenizer``); when ``None`` and no
+            ``collator`` is given, the trainer's ``lightning_module.backbone`` is used.
+        collator: a ready :class:`TaskCollator` instead of one built from the backbone.
+        chat: the chat format of a collator built here.
+
+    Samples skipped on load errors (datasets with ``on_error="skip"``) are counted in
+    :attr:`num_skipped` and logged as batches arrive.
+    """
+
+    def __init__(self, *, train: Mapping[str, TaskDataset],
+                 val: Mapping[str, TaskDataset] | None = None,
+                 weights: Mapping[str, float] | None = None, batch_size: int = 8,
+                 num_workers: int = 0, samples_per_epoch: int | None = None, seed: int = 0,
+                 backbone=None, collator: TaskCollator | None = None,
+                 chat: ChatFormat | None = None) -> None:
+        super().__init__()
+        self.train_set = MultiTaskDataset(train)
+        self.val_set = MultiTaskDataset(val) if val else None
+        unknown = set(weights or {}) - set(train)
+        if unknown:
+            raise ValueError(f"weights: {sorted(unknown)} are not training datasets "
+                             f"({sorted(train)})")
+        self.weights = None if weights is None else [float(weights.get(n, 0.0))
+                                                     for n in self.train_set.names]
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.backbone, self._collator, self.chat = backbone, collator, chat
+        self.num_skipped = 0
+        self.skipped: list[str] = []
+
+    @classmethod
+    def from_synthetic(cls, root: str | os.PathLike, *,
+                       tasks: Sequence[str] = ("temporal", "box", "track", "mask",
+                                               "conversation"),
+                       num_frames: int | None = None, frame_size: tuple[int, int] | None = None,
+                       on_error: str = "raise", **kwargs) -> MultiTaskDataModule:
+        """A data module over a :func:`~tpo.datamodules.make_synthetic_dataset` folder, read
+        through the public format readers; random frame sampling for training, uniform for
+        validation."""
+        from tpo.datamodules.synthetic import SyntheticDataset
+
+        data = SyntheticDataset.load(root)
+        num_frames = num_frames or data.num_frames
+        video_root = os.path.join(data.root, "videos")
+
+        def build(task: str, split: str) -> TaskDataset:
+            common = {"on_error": on_error, "frame_size": frame_size,
+                      "seed": kwargs.get("seed", 0)}
+            sampling = "random" if split == "train" else "uniform"
+            samples = data.samples(task, split)
+            if task == "temporal":
+                return MomentDataset(samples, video_root, num_frames=num_frames,
+                                     sampling=sampling, **common)
+            if task == "box":
+                return RefDataset(samples, **common)
+            if task == "track":
+                return TrackDataset(samples, num_frames=num_frames, sampling=sampling, **common)
+            if task == "mask":
+                return MaskDataset(samples, num_frames=num_frames, sampling=sampling, **common)
+            if task == "conversation":
+                return ConversationDataset(samples, num_frames=num_frames, sampling=sampling,
+                                           **common)
+            raise ValueError(f"tasks: unknown task {task!r}")
+
+        train = {t: build(t, "train") for t in tasks}
+        val = {t: build(t, "val") for t in tasks} if "val" in data.files else None
+        return cls(train=train, val=val, **kwargs)
+
+    @property
+    def collator(self) -> TaskCollator:
+        if self._collator is None:
+            backbone = self.backbone
+            if backbone is None and self.trainer is not None:
+                backbone = getattr(self.trainer.lightning_module, "backbone", None)
+            if backbone is None:
+                raise ValueError("MultiTaskDataModule: no collator; pass backbone= or collator=, "
+                                 "or attach to a trainer whose module has .backbone")
+            self._collator = TaskCollator.from_backbone(backbone, chat=self.chat)
+        return self._collator
+
+    def _rank_world(self) -> tuple[int | None, int | None]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return None, None
+
+    def _loader(self, dataset: MultiTaskDataset, sampler: MultiTaskSampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=self.collator,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = MultiTaskSampler(self.train_set.sizes, self.weights,
+                                   num_samples=self.samples_per_epoch, shuffle=True,
+                                   seed=self.seed, num_replicas=world, rank=rank)
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        rank, world = self._rank_world()
+        sampler = MultiTaskSampler(self.val_set.sizes, shuffle=False, seed=self.seed,
+                                   num_replicas=world, rank=rank)
+        return self._loader(self.val_set, sampler)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Count and log the samples the datasets skipped while loading this batch."""
+        for message in batch.get("skipped", []):
+            self.num_skipped += 1
+            self.skipped.append(message)
+            log.warning("skipped sample (%d so far): %s", self.num_skipped, message)
+        return batch

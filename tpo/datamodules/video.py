@@ -1,0 +1,374 @@
+"""Reading frames from videos, images and frame folders, with timestamps in seconds.
+
+:class:`VideoReader` opens nothing until a frame or a property is asked for, and re-opens itself
+in every process that uses it (a pickled reader carries only its path), so decord's readers are
+created inside each DataLoader worker and never shared with the parent.
+
+Sampling follows the public recipes:
+
+- ``mode="uniform"``: ``np.linspace(0, n - 1, k)`` rounded down (LLaVA-style);
+- ``mode="middle"``: the middle frame of ``k`` equal segments (VideoChat2 ``"middle"``);
+- ``mode="random"``: one random frame per segment (VideoChat2 ``"rand"``, for training);
+- by ``fps``: one frame every ``1 / fps`` seconds, the last frame shown at that time;
+- any of these restricted to a time range ``[start, end)`` in seconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Clip",
+    "VideoDecodeError",
+    "VideoReader",
+    "sample_indices",
+    "sample_indices_by_fps",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SAMPLING_MODES = ("uniform", "middle", "random")
+_TOL = 1e-5  # seconds: timestamps closer than this count as equal (decord reports float32)
+
+
+class VideoDecodeError(ValueError):
+    """A video (or image) exists but cannot be decoded; the message names the file."""
+
+
+@dataclass
+class Clip:
+    """Frames sampled from one source.
+
+    Attributes:
+        frames: ``(T, H, W, 3)`` uint8 RGB.
+        timestamps: ``(T,)`` float64 presentation time of each frame, seconds from the first frame.
+        indices: ``(T,)`` int64 frame indices in the source.
+        duration: duration of the whole source in seconds.
+        path: the source.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    indices: np.ndarray
+    duration: float
+    path: str
+
+
+def sample_indices(num_total: int, num_frames: int, mode: str = "uniform",
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+    """``(num_frames,)`` int64 indices into ``num_total`` frames, sorted (repeats when too few).
+
+    Args:
+        num_total: number of candidate frames (> 0).
+        num_frames: how many to take (> 0).
+        mode: ``"uniform"``, ``"middle"`` or ``"random"`` (see the module docstring).
+        rng: generator for ``"random"``; a fresh unseeded one when ``None``.
+    """
+    if num_total <= 0:
+        raise ValueError(f"num_total: expected at least one frame to sample from, got {num_total}")
+    if num_frames <= 0:
+        raise ValueError(f"num_frames: expected a positive count, got {num_frames}")
+    if mode == "uniform":
+        return np.linspace(0, num_total - 1, num_frames).astype(np.int64)
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"mode: expected one of {SAMPLING_MODES}, got {mode!r}")
+    edges = np.linspace(0, num_total, num_frames + 1).astype(np.int64)
+    lo, hi = edges[:-1], np.maximum(edges[1:], edges[:-1] + 1)
+    if mode == "middle":
+        return (lo + hi - 1) // 2
+    rng = rng if rng is not None else np.random.default_rng()
+    return lo + (rng.random(num_frames) * (hi - lo)).astype(np.int64)
+
+
+def sample_indices_by_fps(timestamps: np.ndarray, fps: float, start: float | None = None,
+                          end: float | None = None) -> np.ndarray:
+    """Indices of the frames on screen at ``start, start + 1/fps, ...`` up to ``end`` (excluded).
+
+    Args:
+        timestamps: ``(N,)`` increasing presentation times in seconds.
+        fps: sampling rate in frames per second (> 0).
+        start: first time, default the first frame's.
+        end: end time, default the source's last timestamp (included).
+    """
+    if fps <= 0:
+        raise ValueError(f"fps: expected a positive rate, got {fps}")
+    start = float(timestamps[0]) if start is None else start
+    if end is None:
+        times = np.arange(start, float(timestamps[-1]) + _TOL, 1.0 / fps)
+    else:
+        times = np.arange(start, end - _TOL, 1.0 / fps)
+    if times.size == 0:
+        raise ValueError(f"time range [{start}, {end}) holds no sample at {fps} fps")
+    index = np.searchsorted(timestamps, times + _TOL, side="right") - 1
+    return np.clip(index, 0, len(timestamps) - 1).astype(np.int64)
+
+
+class _DecordBackend:
+    def __init__(self, path: str, num_threads: int) -> None:
+        import decord
+
+        try:
+            self.vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+            stamps = self.vr.get_frame_timestamp(np.arange(len(self.vr)))
+        except (decord.DECORDError, RuntimeError) as err:
+            raise VideoDecodeError(f"{path}: decord cannot read this video ({err})") from err
+        if len(self.vr) == 0:
+            raise VideoDecodeError(f"{path}: the video has no frames")
+        self.path = path
+        stamps = np.round(stamps.astype(np.float64), 6)  # float32 from decord: keep microseconds
+        self.timestamps = stamps[:, 0] - stamps[0, 0]
+        self.duration = float(stamps[-1, 1] - stamps[0, 0])
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        import decord
+
+        try:
+            frames = self.vr.get_batch(list(indices)).asnumpy()
+        except (decord.DECORDError, RuntimeError) as err:
+            raise VideoDecodeError(f"{self.path}: decord failed on frames {list(indices)} "
+                                   f"({err})") from err
+        self.vr.seek(0)  # bounds decord's memory growth over many get_batch calls
+        return frames
+
+
+class _PyAVBackend:
+    """Frame-accurate access by presentation timestamp; seeks to the key frame before a target."""
+
+    def __init__(self, path: str, num_threads: int) -> None:
+        import av
+
+        self.path, self.num_threads = path, num_threads
+        try:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                pts, keys, durations = [], [], []
+                for packet in container.demux(stream):
+                    if packet.pts is None or packet.size == 0:
+                        continue
+                    pts.append(packet.pts)
+                    durations.append(packet.duration or 0)
+                    if packet.is_keyframe:
+                        keys.append(packet.pts)
+                self.time_base = float(stream.time_base)
+        except (av.FFmpegError, IndexError) as err:
+            raise VideoDecodeError(f"{path}: PyAV cannot read this video ({err})") from err
+        if not pts:
+            raise VideoDecodeError(f"{path}: the video has no frames")
+        order = np.argsort(pts, kind="stable")
+        self.pts = np.asarray(pts, dtype=np.int64)[order]
+        self.keys = sorted(keys) or [int(self.pts[0])]
+        last = int(order[-1])
+        self.timestamps = (self.pts - self.pts[0]) * self.time_base
+        self.duration = float((pts[last] + durations[last] - self.pts[0]) * self.time_base)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        import av
+
+        wanted = sorted(set(int(i) for i in indices))
+        found: dict[int, np.ndarray] = {}
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = self.num_threads
+                frames, position = None, None
+                for i in wanted:
+                    target = int(self.pts[i])
+                    key = self.keys[max(bisect.bisect_right(self.keys, target) - 1, 0)]
+                    if frames is None or position is None or position >= target or key > position:
+                        container.seek(key, stream=stream, backward=True)
+                        frames = container.decode(stream)
+                    for frame in frames:
+                        if frame.pts is None:
+                            continue
+                        position = frame.pts
+                        if frame.pts >= target:
+                            break
+                    if position != target:
+                        raise VideoDecodeError(f"{self.path}: frame {i} (pts {target}) was not "
+                                               f"found while decoding")
+                    found[i] = frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as err:
+            raise VideoDecodeError(f"{self.path}: PyAV failed on frames {wanted} ({err})") from err
+        return np.stack([found[int(i)] for i in indices])
+
+
+class _ImageBackend:
+    """A single image, a folder of frames or a list of frame files, shown at ``fps``."""
+
+    def __init__(self, files: list[str], fps: float) -> None:
+        self.files = files
+        self.timestamps = np.arange(len(files)) / fps
+        self.duration = len(files) / fps
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        frames = []
+        for i in indices:
+            path = self.files[int(i)]
+            try:
+                with Image.open(path) as image:
+                    frames.append(np.asarray(image.convert("RGB")))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path}: frame file not found") from None
+            except OSError as err:
+                raise VideoDecodeError(f"{path}: cannot decode this image ({err})") from err
+        shapes = {f.shape for f in frames}
+        if len(shapes) > 1:
+            raise VideoDecodeError(f"{self.files[int(indices[0])]}...: frames differ in size "
+                                   f"{sorted(shapes)}")
+        return np.stack(frames)
+
+
+class VideoReader:
+    """Frames and timestamps from a video file, an image, a frame folder or a list of frames.
+
+    Args:
+        source: a video file, an image file, a folder of image frames (sorted by name) or a list
+            of frame files.
+        backend: ``"decord"`` (default), ``"pyav"``, or ``"auto"`` (decord, PyAV when decord is
+            not installed or cannot open the file). Ignored for images.
+        fps: the frame rate of an image sequence (frame folders carry none); default 30.
+        num_threads: decoder threads (1 suits DataLoader workers).
+
+    Nothing is opened before the first access; the open decoder is dropped when the reader is
+    pickled and re-created in a process other than the one that opened it.
+
+    Raises (on first access):
+        FileNotFoundError: the source does not exist (named).
+        VideoDecodeError: the source exists but cannot be decoded (named).
+    """
+
+    def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 backend: str = "decord", fps: float | None = None, num_threads: int = 1) -> None:
+        if backend not in ("decord", "pyav", "auto"):
+            raise ValueError(f"backend: expected 'decord', 'pyav' or 'auto', got {backend!r}")
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps: expected a positive frame rate, got {fps}")
+        if isinstance(source, (str, os.PathLike)):
+            self.source: str | list[str] = os.fspath(source)
+        else:
+            self.source = [os.fspath(p) for p in source]
+            if not self.source:
+                raise ValueError("source: the list of frames is empty")
+        self.backend = backend
+        self.fps_override = fps
+        self.num_threads = num_threads
+        self._impl = None
+        self._pid: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source if isinstance(self.source, str) else os.path.dirname(self.source[0])
+
+    def __repr__(self) -> str:
+        return f"VideoReader({self.name!r}, backend={self.backend!r})"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_impl"], state["_pid"] = None, None
+        return state
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a decoder is open in this process."""
+        return self._impl is not None and self._pid == os.getpid()
+
+    def close(self) -> None:
+        self._impl, self._pid = None, None
+
+    def _open(self):
+        if self.is_open:
+            return self._impl
+        self._impl = self._make_backend()
+        self._pid = os.getpid()
+        return self._impl
+
+    def _make_backend(self):
+        fps = self.fps_override or 30.0
+        if isinstance(self.source, list):
+            return _ImageBackend(self.source, fps)
+        path = self.source
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: video/image source not found")
+        if os.path.isdir(path):
+            files = sorted(str(p) for p in Path(path).iterdir()
+                           if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise FileNotFoundError(f"{path}: folder holds no image frames "
+                                        f"({', '.join(IMAGE_EXTENSIONS)})")
+            return _ImageBackend(files, fps)
+        if path.lower().endswith(IMAGE_EXTENSIONS):
+            return _ImageBackend([path], fps)
+        if self.backend == "pyav":
+            return _PyAVBackend(path, self.num_threads)
+        try:
+            return _DecordBackend(path, self.num_threads)
+        except (ImportError, VideoDecodeError):
+            if self.backend == "decord":
+                raise
+            return _PyAVBackend(path, self.num_threads)
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return len(self._open().timestamps)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """``(N,)`` float64 presentation time of every frame, seconds from the first frame."""
+        return self._open().timestamps
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first frame's start to the last frame's end."""
+        return self._open().duration
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate: frames / duration."""
+        return len(self) / self.duration
+
+    # ------------------------------------------------------------------ access
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> Clip:
+        """Frames at ``indices`` (any order, repeats allowed) as a :class:`Clip`."""
+        impl = self._open()
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(impl.timestamps)
+        if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
+            raise ValueError(f"{self.name}: frame indices must lie in [0, {n}), got "
+                             f"{indices.tolist()}")
+        frames = impl.get(indices)
+        return Clip(frames, impl.timestamps[indices], indices, impl.duration, self.name)
+
+    def sample(self, num_frames: int | None = None, *, fps: float | None = None,
+               mode: str = "uniform", start: float | None = None, end: float | None = None,
+               rng: np.random.Generator | None = None) -> Clip:
+        """Sample frames by count (``num_frames`` with ``mode``) or by rate (``fps``).
+
+        Args:
+            num_frames: number of frames, sampled with ``mode`` among the frames in range.
+            fps: frames per second instead of a count.
+            mode: ``"uniform"``, ``"middle"`` or ``"random"`` (count sampling only).
+            start: start of the time range in seconds (default: the beginning).
+            end: end of the time range in seconds, excluded (default: the end).
+            rng: random generator for ``mode="random"``.
+        """
+        if (num_frames is None) == (fps is None):
+            raise ValueError("sample: give exactly one of num_frames and fps")
+        stamps = self.timestamps
+        if start is not None and end is not None and end <= start:
+            raise ValueError(f"{self.name}: time range [{start}, {end}) is empty")
+        if fps is not None:
+            return self.get_frames(sample_indices_by_fps(stamps, fps, start, end))
+        lo = 0 if start is None else int(np.searchsorted(stamps, start - _TOL, side="left"))
+        hi = len(stamps) if end is None else int(np.searchsorted(stamps, end - _TOL, side="left"))
+        if hi <= lo:
+            raise ValueError(f"{self.name}: no frame in [{start}, {end}) s "
+                             f"(the source spans {self.duration:.3f} s)")
+        return self.get_frames(lo + sample_indices(hi - lo, num_frames, mode, rng))
