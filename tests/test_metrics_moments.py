@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tpo.metrics import HighlightDetection, MomentRetrieval, QVHIGHLIGHTS_LENGTH_BUCKETS
+from tpo.metrics import QVHIGHLIGHTS_LENGTH_BUCKETS, HighlightDetection, MomentRetrieval
 from tpo.metrics import functional as TF
 
 THRS = TF.MAP_IOU_THRESHOLDS
