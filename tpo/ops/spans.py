@@ -33,7 +33,9 @@ def span_se_to_cxw(spans: Tensor) -> Tensor:
 
 def _check_se(spans: Tensor, name: str) -> None:
     if spans.ndim != 2 or spans.shape[-1] != 2:
-        raise ValueError(f"{name}: expected (N, 2) spans as (start, end), got shape {tuple(spans.shape)}")
+        raise ValueError(
+            f"{name}: expected (N, 2) spans as (start, end), got shape {tuple(spans.shape)}"
+        )
 
 
 def temporal_intersection_union(spans_a: Tensor, spans_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,3 +80,52 @@ def generalized_temporal_iou(spans_a: Tensor, spans_b: Tensor) -> Tensor:
     hull_end = torch.maximum(spans_a[:, None, 1], spans_b[None, :, 1])
     hull = (hull_end - hull_start).clamp(min=1e-9)
     return iou - (hull - union) / hull
+
+
+__all__ += ["temporal_nms", "check_normalized_spans"]
+
+
+def temporal_nms(spans: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression of 1-D spans.
+
+    Args:
+        spans: ``(N, 2)`` (start, end).
+        scores: ``(N,)`` higher is better.
+        iou_threshold: a span is dropped when its temporal IoU with a kept, higher-scoring
+            span exceeds this.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept spans, by decreasing score.
+    """
+    _check_se(spans, "spans")
+    if scores.shape != spans.shape[:1]:
+        raise ValueError(f"scores: expected shape ({spans.shape[0]},), got {tuple(scores.shape)}")
+    order = scores.argsort(descending=True, stable=True)
+    iou = temporal_iou(spans[order], spans[order])
+    suppressed = torch.zeros(len(order), dtype=torch.bool, device=spans.device)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(int(order[i]))
+        suppressed |= iou[i] > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64, device=spans.device)
+
+
+def check_normalized_spans(spans: Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless ``spans (n, 2)`` are normalised (center, width) in [0, 1].
+
+    The message names ``name`` (e.g. ``"targets[3]['spans']"``) and the offending row; a span
+    whose start exceeds its end (negative width) or that leaves [0, 1] is rejected.
+    """
+    if spans.ndim != 2 or spans.shape[-1] != 2:
+        raise ValueError(f"{name}: expected (n, 2) (center, width) spans, got {tuple(spans.shape)}")
+    se = span_cxw_to_se(spans.detach().float())
+    tol = 1e-4
+    for row, (start, end) in enumerate(se.tolist()):
+        if not (start <= end):
+            raise ValueError(f"{name}: span {row} has start {start:.4g} > end {end:.4g}")
+        if start < -tol or end > 1 + tol:
+            raise ValueError(
+                f"{name}: span {row} ({start:.4g}, {end:.4g}) lies outside [0, 1] of the clip"
+            )

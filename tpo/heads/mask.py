@@ -1,0 +1,291 @@
+"""SAM-style promptable mask decoder driven by the task embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.losses.masks import MaskCriterion
+from tpo.ops.masks import resize_mask_logits
+
+__all__ = [
+    "MaskHead",
+    "MaskOutput",
+    "MaskPrediction",
+    "TwoWayTransformer",
+    "mask_losses",
+    "postprocess_masks",
+]
+
+
+@dataclass
+class MaskOutput:
+    """Raw output of :class:`MaskHead`.
+
+    Attributes:
+        masks: ``(B, T, H, W)`` mask logits, ``H = 4 h``, ``W = 4 w`` of the image grid.
+        iou: ``(B, T)`` predicted IoU of each thresholded mask, in [0, 1].
+    """
+
+    masks: Tensor
+    iou: Tensor
+
+
+@dataclass
+class MaskPrediction:
+    """Masks of one sample: ``masks (T, H, W)`` bool at the image size, ``scores (T,)``."""
+
+    masks: Tensor
+    scores: Tensor
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with a down-projected inner width (SAM's ``Attention``)."""
+
+    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1):
+        super().__init__()
+        inner = dim // downsample_rate
+        if inner % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide {inner}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, inner)
+        self.k_proj = nn.Linear(dim, inner)
+        self.v_proj = nn.Linear(dim, inner)
+        self.out_proj = nn.Linear(inner, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``q (B, Lq, dim)``, ``k (B, Lk, dim)``, ``v (B, Lk, dim)`` -> ``(B, Lq, dim)``."""
+        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class _TwoWayBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample: int, skip_pe: bool):
+        super().__init__()
+        self.skip_pe = skip_pe
+        self.self_attn = _Attention(dim, num_heads)
+        self.token_to_image = _Attention(dim, num_heads, downsample)
+        self.image_to_token = _Attention(dim, num_heads, downsample)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4))
+
+    def forward(
+        self, tokens: Tensor, image: Tensor, token_pe: Tensor, image_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if self.skip_pe:
+            tokens = self.self_attn(tokens, tokens, tokens)
+        else:
+            q = tokens + token_pe
+            tokens = tokens + self.self_attn(q, q, tokens)
+        tokens = self.norms[0](tokens)
+        tokens = self.norms[1](
+            tokens + self.token_to_image(tokens + token_pe, image + image_pe, image)
+        )
+        tokens = self.norms[2](tokens + self.mlp(tokens))
+        image = self.norms[3](
+            image + self.image_to_token(image + image_pe, tokens + token_pe, tokens)
+        )
+        return tokens, image
+
+
+class TwoWayTransformer(nn.Module):
+    """SAM's two-way transformer: prompt tokens and image tokens attend to each other.
+
+    ``forward(tokens (B, L, d), image (B, N, d), image_pe (N, d)) -> (tokens, image)``.
+    """
+
+    def __init__(
+        self, *, dim: int, num_heads: int, num_layers: int, mlp_dim: int, downsample: int = 2
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            _TwoWayBlock(dim, num_heads, mlp_dim, downsample, skip_pe=(i == 0))
+            for i in range(num_layers)
+        )
+        self.final_attn = _Attention(dim, num_heads, downsample)
+        self.final_norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: Tensor, image: Tensor, image_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns updated ``tokens (B, L, d)`` and ``image (B, N, d)``."""
+        token_pe = tokens
+        for layer in self.layers:
+            tokens, image = layer(tokens, image, token_pe, image_pe)
+        attn = self.final_attn(tokens + token_pe, image + image_pe, image)
+        return self.final_norm(tokens + attn), image
+
+
+class _LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of ``(B, C, H, W)``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class MaskHead(nn.Module):
+    """Promptable mask decoder after SAM, with the task embedding as the prompt.
+
+    The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; with an IoU token
+    and a mask token they run through a two-way transformer against the image embedding (a
+    1x1-conv projection of the patch grid plus 2-D sine positions). For video, the mask tokens
+    of the ``T`` frames then attend to each other (light temporal attention). Two transposed
+    convolutions upscale the image embedding 4x; the mask is the dot product of each pixel with
+    a hypernetwork MLP of the mask token. An MLP on the IoU token predicts the mask's IoU.
+
+    Args:
+        embed_dim: ``D``, size of the task embedding.
+        image_dim: ``C``, channels of the image embedding.
+        hidden_dim: transformer width (SAM: 256); divisible by 8.
+        num_prompt_tokens: ``K`` sparse prompt tokens made from the task embedding.
+        num_heads: attention heads.
+        num_layers: two-way transformer blocks (SAM: 2).
+        mlp_dim: MLP width inside the two-way blocks.
+        temporal_attention: attend across frames before decoding the masks.
+        mask_loss: ``"focal"`` (SAM2: focal 20 + dice 1) or ``"bce"`` (LISA: BCE 2 + dice 0.5);
+            ignored when ``criterion`` is given.
+        criterion: the loss; default :class:`MaskCriterion` with ``mask_loss`` and IoU-MSE 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        image_dim: int,
+        hidden_dim: int = 256,
+        num_prompt_tokens: int = 4,
+        num_heads: int = 8,
+        num_layers: int = 2,
+        mlp_dim: int = 1024,
+        temporal_attention: bool = True,
+        mask_loss: Literal["focal", "bce"] = "focal",
+        criterion: MaskCriterion | None = None,
+    ):
+        super().__init__()
+        if hidden_dim % 8:
+            raise ValueError(f"hidden_dim: expected a multiple of 8, got {hidden_dim}")
+        self.hidden_dim = hidden_dim
+        self.num_prompt_tokens = num_prompt_tokens
+        self.prompt_proj = nn.Sequential(
+            nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_prompt_tokens * hidden_dim)
+        )
+        self.image_proj = nn.Sequential(
+            nn.Conv2d(image_dim, hidden_dim, 1), _LayerNorm2d(hidden_dim)
+        )
+        self.output_tokens = nn.Embedding(2, hidden_dim)  # IoU token, mask token
+        self.transformer = TwoWayTransformer(
+            dim=hidden_dim, num_heads=num_heads, num_layers=num_layers, mlp_dim=mlp_dim
+        )
+        self.temporal_attention = temporal_attention
+        if temporal_attention:
+            self.temporal_attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+            self.temporal_norm = nn.LayerNorm(hidden_dim)
+        self.upscale = nn.Sequential(
+            nn.ConvTranspose2d(hidden_dim, hidden_dim // 4, 2, stride=2),
+            _LayerNorm2d(hidden_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(hidden_dim // 4, hidden_dim // 8, 2, stride=2),
+            nn.GELU(),
+        )
+        self.hypernet = MLP(
+            in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=hidden_dim // 8, num_layers=3
+        )
+        self.iou_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=3)
+        self.criterion = criterion if criterion is not None else MaskCriterion(mask_loss=mask_loss)
+
+    def forward(self, task_embeds: Tensor, image: Tensor) -> MaskOutput:
+        """Decode one mask per frame.
+
+        Args:
+            task_embeds: ``(B, D)`` task embedding (LLM hidden state at the seg token).
+            image: ``(B, T, C, h, w)`` image embedding per frame (e.g. the backbone's tokens
+                reshaped to the patch grid, or a timm feature map).
+        """
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
+        sizes.update(check_shape(image, "image", (sizes["B"], "T", "C", "h", "w")))
+        batch, length, height, width = sizes["B"], sizes["T"], sizes["h"], sizes["w"]
+        dim = self.hidden_dim
+        feats = self.image_proj(image.flatten(0, 1))  # (B T, d, h, w)
+        image_tokens = feats.flatten(2).transpose(1, 2)
+        image_pe = sine_position_2d(height, width, dim, image.device)
+        prompts = self.prompt_proj(task_embeds).unflatten(-1, (self.num_prompt_tokens, dim))
+        tokens = torch.cat((self.output_tokens.weight.expand(batch, -1, -1), prompts), dim=1)
+        tokens = tokens.repeat_interleave(length, dim=0)
+        tokens, image_tokens = self.transformer(tokens, image_tokens, image_pe)
+        iou_token, mask_token = tokens[:, 0], tokens[:, 1]
+        if self.temporal_attention and length > 1:
+            seq = mask_token.unflatten(0, (batch, length))
+            pos = seq + sine_position_1d(length, dim, image.device)
+            seq = self.temporal_norm(seq + self.temporal_attn(pos, pos, seq, need_weights=False)[0])
+            mask_token = seq.flatten(0, 1)
+        upscaled = self.upscale(image_tokens.transpose(1, 2).reshape(-1, dim, height, width))
+        masks = torch.einsum("nc,nchw->nhw", self.hypernet(mask_token), upscaled)
+        iou = self.iou_head(iou_token)[:, 0].sigmoid()
+        return MaskOutput(
+            masks=masks.unflatten(0, (batch, length)), iou=iou.unflatten(0, (batch, length))
+        )
+
+    def loss(self, output: MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``loss_mask``, ``loss_dice``, ``loss_iou`` against ``targets["masks"]``.
+
+        Args:
+            output: this head's forward output.
+            targets: ``"masks"`` ``(B, T, H, W)`` bool. ``(H, W)`` may differ from the logits'
+                size but must have the same aspect ratio; the logits are resized bilinearly.
+        """
+        if "masks" not in targets:
+            raise ValueError("targets: missing key 'masks' ((B, T, H, W) bool)")
+        return mask_losses(self.criterion, output, targets["masks"])
+
+    @torch.no_grad()
+    def postprocess(
+        self, output: MaskOutput, meta: Sequence[Mapping[str, Any]]
+    ) -> list[MaskPrediction]:
+        """Bool masks at ``meta[b]["image_size"]`` ``(height, width)`` pixels (bilinear resize
+        of the logits, threshold 0); scores are the predicted IoUs."""
+        return postprocess_masks(output, meta)
+
+
+def mask_losses(criterion: MaskCriterion, output: MaskOutput, target: Tensor) -> dict[str, Tensor]:
+    """``criterion`` on ``output.masks (B, T, h', w')`` resized to ``target (B, T, H, W)``.
+
+    ``ValueError`` unless ``target`` has the batch and frame count of the output and the
+    aspect ratio of its masks (``H * w' == W * h'``).
+    """
+    batch, length, out_h, out_w = output.masks.shape
+    sizes = check_shape(target, "targets['masks']", (batch, length, "H", "W"))
+    if sizes["H"] * out_w != sizes["W"] * out_h:
+        raise ValueError(
+            f"targets['masks']: size {sizes['H']}x{sizes['W']} does not have the aspect ratio "
+            f"of the predicted masks {out_h}x{out_w} (expected H * {out_w} == W * {out_h})"
+        )
+    logits = resize_mask_logits(output.masks.float(), (sizes["H"], sizes["W"]))
+    return criterion(logits, target.to(logits.device), output.iou)
+
+
+@torch.no_grad()
+def postprocess_masks(
+    output: MaskOutput, meta: Sequence[Mapping[str, Any]]
+) -> list[MaskPrediction]:
+    """Per sample, bool masks ``(T, H, W)`` at ``meta[b]["image_size"]`` and IoU scores."""
+    predictions = []
+    for b in range(output.masks.shape[0]):
+        size = tuple(int(s) for s in meta_value(meta, b, "image_size"))
+        logits = resize_mask_logits(output.masks[b].detach().float(), size)
+        predictions.append(
+            MaskPrediction(masks=(logits > 0).cpu(), scores=output.iou[b].detach().float().cpu())
+        )
+    return predictions

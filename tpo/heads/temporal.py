@@ -1,0 +1,214 @@
+"""Temporal grounding head: a Moment-DETR style moment decoder driven by the task embedding."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d
+from tpo.losses.temporal import TemporalGroundingCriterion
+from tpo.ops.spans import span_cxw_to_se, temporal_nms
+
+__all__ = ["TemporalGroundingHead", "TemporalGroundingOutput", "TemporalGroundingPrediction"]
+
+
+@dataclass
+class TemporalGroundingOutput:
+    """Raw output of :class:`TemporalGroundingHead`.
+
+    Attributes:
+        spans: ``(B, Q, 2)`` normalised (center, width) of each moment query, last layer.
+        logits: ``(B, Q)`` foreground logits, last layer.
+        saliency: ``(B, T)`` per-clip saliency scores (meaningless where ``video_mask`` is False).
+        video_mask: ``(B, T)`` bool, True for real clips.
+        aux: per earlier decoder layer, ``(spans (B, Q, 2), logits (B, Q))``.
+    """
+
+    spans: Tensor
+    logits: Tensor
+    saliency: Tensor
+    video_mask: Tensor
+    aux: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class TemporalGroundingPrediction:
+    """Post-processed moments of one sample.
+
+    Attributes:
+        windows: ``(K, 3)`` ``[start_s, end_s, score]`` rows sorted by decreasing score
+            (``windows.tolist()`` is QVHighlights' ``pred_relevant_windows``).
+        saliency: ``(T_valid,)`` saliency score of each real clip.
+    """
+
+    windows: Tensor
+    saliency: Tensor
+
+
+class TemporalGroundingHead(nn.Module):
+    """Moment-DETR / CG-DETR style decoder with the task embedding as an extra encoder token.
+
+    Input projections map clip features and the task embedding to ``hidden_dim``; a
+    transformer encoder runs over ``[task; clips]`` with sine positions on the clips; learnable
+    moment queries, shifted by the encoded task token, attend to the encoder memory in a
+    transformer decoder. Every decoder layer predicts spans (sigmoid of an MLP) and foreground
+    logits (auxiliary outputs for all but the last). Saliency is the scaled dot product of each
+    encoded clip with the encoded task token.
+
+    Args:
+        embed_dim: ``D``, size of the task embedding.
+        video_dim: ``D_v``, size of the clip features.
+        num_queries: ``Q`` moment queries (Moment-DETR: 10).
+        hidden_dim: transformer width.
+        num_heads: attention heads.
+        num_encoder_layers: encoder depth.
+        num_decoder_layers: decoder depth (auxiliary outputs for all but the last).
+        dim_feedforward: feed-forward width.
+        dropout: dropout in the transformer layers.
+        nms_threshold: temporal IoU above which ``postprocess`` suppresses lower-scoring
+            windows; ``None`` keeps all ``Q`` windows.
+        criterion: the loss; default :class:`TemporalGroundingCriterion` with paper weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        video_dim: int,
+        num_queries: int = 10,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        num_encoder_layers: int = 2,
+        num_decoder_layers: int = 2,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        nms_threshold: float | None = None,
+        criterion: TemporalGroundingCriterion | None = None,
+    ):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.nms_threshold = nms_threshold
+        self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden_dim))
+        self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
+        self.task_type = nn.Parameter(torch.zeros(hidden_dim))
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(
+                hidden_dim, num_heads, dim_feedforward, dropout, batch_first=True, norm_first=True
+            ),
+            num_encoder_layers,
+            enable_nested_tensor=False,
+        )
+        self.encoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.decoder_layers = nn.ModuleList(
+            nn.TransformerDecoderLayer(
+                hidden_dim, num_heads, dim_feedforward, dropout, batch_first=True, norm_first=True
+            )
+            for _ in range(num_decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.class_head = nn.Linear(hidden_dim, 1)
+        self.span_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=2, num_layers=3)
+        self.saliency_clip = nn.Linear(hidden_dim, hidden_dim)
+        self.saliency_task = nn.Linear(hidden_dim, hidden_dim)
+        self.criterion = criterion if criterion is not None else TemporalGroundingCriterion()
+
+    def forward(
+        self, task_embeds: Tensor, video: Tensor, video_mask: Tensor | None = None
+    ) -> TemporalGroundingOutput:
+        """Predict moments.
+
+        Args:
+            task_embeds: ``(B, D)`` task embedding (LLM hidden state at the temporal token).
+            video: ``(B, T, D_v)`` per-clip features, or ``(B, T, N, D_v)`` per-frame tokens,
+                which are mean-pooled over ``N``.
+            video_mask: ``(B, T)`` bool, True for real clips; default all True.
+
+        Returns:
+            :class:`TemporalGroundingOutput`.
+        """
+        if video.ndim == 4:
+            video = video.mean(2)
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
+        sizes.update(check_shape(video, "video", (sizes["B"], "T", "D_v")))
+        if video_mask is None:
+            video_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
+        check_shape(video_mask, "video_mask", (sizes["B"], sizes["T"]))
+        video_mask = video_mask.bool()
+        empty = ~video_mask.any(1)
+        if empty.any():
+            raise ValueError(f"video_mask: sample {int(empty.nonzero()[0])} has no valid clip")
+
+        length = video.shape[1]
+        clips = self.video_proj(video) + sine_position_1d(length, self.hidden_dim, video.device)
+        task = self.task_proj(task_embeds) + self.task_type
+        src = torch.cat((task[:, None], clips), dim=1)
+        padding = torch.cat((torch.zeros_like(video_mask[:, :1]), ~video_mask), dim=1)
+        memory = self.encoder_norm(self.encoder(src, src_key_padding_mask=padding))
+        task_out, clips_out = memory[:, 0], memory[:, 1:]
+        saliency = (self.saliency_clip(clips_out) * self.saliency_task(task_out)[:, None]).sum(-1)
+        saliency = saliency / math.sqrt(self.hidden_dim)
+
+        hidden = self.query_embed.weight[None] + task_out[:, None]
+        per_layer = []
+        for layer in self.decoder_layers:
+            hidden = layer(hidden, memory, memory_key_padding_mask=padding)
+            normed = self.decoder_norm(hidden)
+            per_layer.append((self.span_head(normed).sigmoid(), self.class_head(normed)[..., 0]))
+        spans, logits = per_layer[-1]
+        return TemporalGroundingOutput(
+            spans=spans,
+            logits=logits,
+            saliency=saliency,
+            video_mask=video_mask,
+            aux=per_layer[:-1],
+        )
+
+    def loss(
+        self, output: TemporalGroundingOutput, targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Named, weighted loss terms; see :class:`TemporalGroundingCriterion`.
+
+        Args:
+            output: this head's forward output.
+            targets: ``B`` dicts, ``"spans"`` ``(n_b, 2)`` normalised (center, width) (``n_b``
+                may be 0), optional ``"saliency"`` ``(T,)`` (higher = more relevant).
+        """
+        return self.criterion(output, targets)
+
+    @torch.no_grad()
+    def postprocess(
+        self, output: TemporalGroundingOutput, meta: Sequence[Mapping[str, Any]]
+    ) -> list[TemporalGroundingPrediction]:
+        """Windows in seconds, clamped to ``[0, duration]``, sorted by foreground probability.
+
+        Args:
+            output: this head's forward output.
+            meta: ``B`` dicts with ``"duration"``: the clip length in seconds.
+
+        Returns:
+            ``B`` :class:`TemporalGroundingPrediction`; with ``nms_threshold`` set, windows
+            overlapping a better one by more than that temporal IoU are dropped.
+        """
+        predictions = []
+        for b in range(output.spans.shape[0]):
+            duration = float(meta_value(meta, b, "duration"))
+            if not duration > 0:
+                raise ValueError(f"meta[{b}]['duration']: expected > 0 seconds, got {duration}")
+            seconds = (span_cxw_to_se(output.spans[b].detach().float()) * duration).clamp(
+                0, duration
+            )
+            scores = output.logits[b].detach().float().sigmoid()
+            if self.nms_threshold is not None:
+                keep = temporal_nms(seconds, scores, self.nms_threshold)
+            else:
+                keep = scores.argsort(descending=True, stable=True)
+            windows = torch.cat((seconds[keep], scores[keep, None]), dim=1).cpu()
+            saliency = output.saliency[b].detach()[output.video_mask[b]].float().cpu()
+            predictions.append(TemporalGroundingPrediction(windows=windows, saliency=saliency))
+        return predictions

@@ -1,0 +1,174 @@
+"""Tracking head: a box and a visibility logit per frame from the task embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.box import grid_of
+from tpo.losses.boxes import TrackingCriterion
+from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
+
+__all__ = ["TrackingHead", "TrackingOutput", "TrackingPrediction"]
+
+
+@dataclass
+class TrackingOutput:
+    """Raw output of :class:`TrackingHead`.
+
+    Attributes:
+        boxes: ``(B, T, 4)`` normalised (cx, cy, w, h) per frame.
+        visible: ``(B, T)`` visibility logits.
+    """
+
+    boxes: Tensor
+    visible: Tensor
+
+
+@dataclass
+class TrackingPrediction:
+    """One track in the LaSOT/GOT-10k result format.
+
+    Attributes:
+        boxes_xywh: ``(T, 4)`` (x, y, w, h) pixels per frame.
+        visible: ``(T,)`` bool, visibility probability > 0.5.
+        scores: ``(T,)`` visibility probability.
+    """
+
+    boxes_xywh: Tensor
+    visible: Tensor
+    scores: Tensor
+
+
+class TrackingHead(nn.Module):
+    """Per-frame queries from the task embedding, alternating spatial and temporal attention.
+
+    Each frame gets one query: the projected task embedding (which carries the initial box
+    given to the LLM) plus a sine encoding of the frame's time. Each of ``num_layers`` blocks
+    lets every query cross-attend to its own frame's tokens (2-D sine positions on the patch
+    grid), then self-attend across the ``T`` queries of the clip. Heads: a box MLP with a
+    sigmoid and a visibility logit.
+
+    Args:
+        embed_dim: ``D``, size of the task embedding.
+        visual_dim: ``D_v``, size of the frame tokens.
+        hidden_dim: transformer width.
+        num_heads: attention heads.
+        num_layers: spatial + temporal blocks.
+        dim_feedforward: feed-forward width.
+        dropout: dropout in the transformer layers.
+        criterion: the loss; default :class:`TrackingCriterion` (L1 5, GIoU 2, visibility 1).
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        visual_dim: int,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        num_layers: int = 2,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        criterion: TrackingCriterion | None = None,
+    ):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
+        self.visual_proj = nn.Sequential(
+            nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim)
+        )
+
+        def block(cls: type[nn.Module]) -> nn.ModuleList:
+            return nn.ModuleList(
+                cls(
+                    hidden_dim,
+                    num_heads,
+                    dim_feedforward,
+                    dropout,
+                    batch_first=True,
+                    norm_first=True,
+                )
+                for _ in range(num_layers)
+            )
+
+        self.spatial = block(nn.TransformerDecoderLayer)
+        self.temporal = block(nn.TransformerEncoderLayer)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.box_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=4, num_layers=3)
+        self.visible_head = nn.Linear(hidden_dim, 1)
+        self.criterion = criterion if criterion is not None else TrackingCriterion()
+
+    def forward(
+        self, task_embeds: Tensor, frames: Tensor, grid_size: tuple[int, int] | None = None
+    ) -> TrackingOutput:
+        """Track the object described by the task embedding.
+
+        Args:
+            task_embeds: ``(B, D)`` task embedding (LLM hidden state at the tracking token).
+            frames: ``(B, T, N, D_v)`` per-frame visual tokens, row-major over the patch grid.
+            grid_size: ``(h, w)`` with ``h * w = N``; default a square grid.
+        """
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
+        sizes.update(check_shape(frames, "frames", (sizes["B"], "T", "N", "D_v")))
+        batch, length, num_tokens = sizes["B"], sizes["T"], sizes["N"]
+        height, width = grid_of(num_tokens, grid_size, "frames")
+        device = frames.device
+        memory = self.visual_proj(frames.flatten(0, 1))
+        memory = memory + sine_position_2d(height, width, self.hidden_dim, device)
+        time = sine_position_1d(length, self.hidden_dim, device)
+        query = self.task_proj(task_embeds)[:, None] + time  # (B, T, hidden)
+        for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
+            query = spatial(query.reshape(batch * length, 1, -1), memory)
+            query = temporal(query.reshape(batch, length, -1))
+        query = self.norm(query)
+        return TrackingOutput(
+            boxes=self.box_head(query).sigmoid(), visible=self.visible_head(query)[..., 0]
+        )
+
+    def loss(self, output: TrackingOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``loss_bbox``, ``loss_giou`` (visible frames) and ``loss_visible``.
+
+        Args:
+            output: this head's forward output.
+            targets: ``"boxes"`` ``(B, T, 4)`` normalised cxcywh (any value on invisible
+                frames), ``"visible"`` ``(B, T)`` bool.
+        """
+        for key in ("boxes", "visible"):
+            if key not in targets:
+                raise ValueError(f"targets: missing key {key!r}")
+        check_shape(targets["boxes"], "targets['boxes']", tuple(output.boxes.shape))
+        check_shape(targets["visible"], "targets['visible']", tuple(output.visible.shape))
+        visible = targets["visible"].bool()
+        check_normalized_boxes(targets["boxes"], "targets['boxes']", valid=visible)
+        return self.criterion(output.boxes, output.visible, targets["boxes"], visible)
+
+    @torch.no_grad()
+    def postprocess(
+        self, output: TrackingOutput, meta: Sequence[Mapping[str, Any]]
+    ) -> list[TrackingPrediction]:
+        """Per-frame xywh pixels and visibility.
+
+        Args:
+            output: this head's forward output.
+            meta: ``B`` dicts with ``"image_size"``: ``(height, width)`` in pixels.
+        """
+        predictions = []
+        for b in range(output.boxes.shape[0]):
+            image_size = tuple(meta_value(meta, b, "image_size"))
+            scores = output.visible[b].detach().float().sigmoid().cpu()
+            predictions.append(
+                TrackingPrediction(
+                    boxes_xywh=boxes_to_pixels(
+                        output.boxes[b].detach(), image_size, fmt="xywh"
+                    ).cpu(),
+                    visible=scores > 0.5,
+                    scores=scores,
+                )
+            )
+        return predictions

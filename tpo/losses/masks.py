@@ -1,0 +1,67 @@
+"""Mask criterion: SAM2's focal + dice + IoU-prediction losses, or LISA's BCE + dice."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tpo.ops.masks import bce_loss, dice_loss, focal_loss, mask_iou
+
+__all__ = ["MaskCriterion"]
+
+_DEFAULT_WEIGHTS = {"focal": (20.0, 1.0), "bce": (2.0, 0.5)}
+
+
+class MaskCriterion(nn.Module):
+    """Loss of mask logits against bool masks, one value per mask averaged over masks.
+
+    Terms (already weighted):
+
+    - ``loss_mask``: focal (``mask_loss="focal"``, weight 20, SAM2) or BCE
+      (``mask_loss="bce"``, weight 2.0, LISA), pixel mean per mask.
+    - ``loss_dice``: soft dice (weight 1 for focal, 0.5 for BCE).
+    - ``loss_iou``: MSE between the predicted IoU and the actual IoU of the thresholded mask
+      (weight 1); only when predicted IoUs are given.
+
+    ``weight_mask`` and ``weight_dice`` left as ``None`` take the defaults of ``mask_loss``.
+    """
+
+    def __init__(
+        self,
+        *,
+        mask_loss: Literal["focal", "bce"] = "focal",
+        weight_mask: float | None = None,
+        weight_dice: float | None = None,
+        weight_iou: float = 1.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ):
+        super().__init__()
+        if mask_loss not in _DEFAULT_WEIGHTS:
+            raise ValueError(f"mask_loss: expected 'focal' or 'bce', got {mask_loss!r}")
+        default_mask, default_dice = _DEFAULT_WEIGHTS[mask_loss]
+        self.mask_loss = mask_loss
+        self.weight_mask = default_mask if weight_mask is None else weight_mask
+        self.weight_dice = default_dice if weight_dice is None else weight_dice
+        self.weight_iou = weight_iou
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def forward(
+        self, logits: Tensor, target: Tensor, iou_pred: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Args: ``logits (..., H, W)``, ``target (..., H, W)`` bool, ``iou_pred (...)``."""
+        if self.mask_loss == "focal":
+            per_mask = focal_loss(logits, target, alpha=self.focal_alpha, gamma=self.focal_gamma)
+        else:
+            per_mask = bce_loss(logits, target)
+        losses = {
+            "loss_mask": self.weight_mask * per_mask.mean(),
+            "loss_dice": self.weight_dice * dice_loss(logits, target).mean(),
+        }
+        if iou_pred is not None and self.weight_iou:
+            actual = mask_iou(logits.detach() > 0, target)
+            losses["loss_iou"] = self.weight_iou * F.mse_loss(iou_pred.float(), actual)
+        return losses

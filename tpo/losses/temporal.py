@@ -1,0 +1,170 @@
+"""Set criterion of the temporal grounding head (Moment-DETR losses)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tpo.ops.matcher import HungarianMatcher
+from tpo.ops.spans import check_normalized_spans, generalized_temporal_iou, span_cxw_to_se
+
+__all__ = ["TemporalGroundingCriterion", "saliency_from_spans"]
+
+
+class _SpanOutput(Protocol):
+    spans: Tensor
+    logits: Tensor
+    saliency: Tensor
+    video_mask: Tensor
+    aux: list[tuple[Tensor, Tensor]]
+
+
+def saliency_from_spans(spans: Tensor, valid: Tensor) -> Tensor:
+    """Binary per-clip saliency from ground-truth windows.
+
+    Args:
+        spans: ``(n, 2)`` normalised (center, width) windows.
+        valid: ``(T,)`` bool, the clips that exist; the clip is divided evenly among them.
+
+    Returns:
+        ``(T,)`` float: 1 where the valid clip's center lies inside a window, else 0 (also for
+        padded clips, which the loss ignores anyway).
+    """
+    length = valid.sum().clamp(min=1)
+    position = (valid.cumsum(0) - 1).float()
+    centers = (position + 0.5) / length
+    se = span_cxw_to_se(spans.float().to(valid.device))
+    inside = (centers[:, None] >= se[None, :, 0]) & (centers[:, None] <= se[None, :, 1])
+    return (inside.any(-1) & valid).float()
+
+
+class TemporalGroundingCriterion(nn.Module):
+    """Moment-DETR's set criterion for spans, logits and per-clip saliency.
+
+    Terms (each already multiplied by its weight, suffix ``_{i}`` for decoder layer ``i`` when
+    auxiliary outputs exist):
+
+    - ``loss_span``: L1 of matched normalised (center, width), mean over matched coordinates.
+    - ``loss_giou``: ``1 - GIoU`` of matched spans, mean over matched spans.
+    - ``loss_label``: foreground BCE on every query, matched queries target 1, the others 0
+      with weight ``eos_coef`` and the sum normalised by the total weight. This equals
+      Moment-DETR's two-class cross-entropy with ``empty_weight = [1, eos_coef]`` when the
+      logit is the foreground-minus-background difference.
+    - ``loss_saliency``: hinge ranking loss ``max(0, margin - (s_i - s_j))`` over all pairs of
+      valid clips whose target saliency satisfies ``y_i > y_j``, mean over pairs, then over
+      samples that have pairs. Targets come from ``"saliency"`` or, when absent, from the
+      windows (clips whose center lies in a window are 1, others 0).
+
+    A sample with no windows contributes only to ``loss_label`` (all queries background).
+    """
+
+    def __init__(
+        self,
+        *,
+        matcher: HungarianMatcher | None = None,
+        weight_span: float = 10.0,
+        weight_giou: float = 1.0,
+        weight_label: float = 4.0,
+        eos_coef: float = 0.1,
+        weight_saliency: float = 1.0,
+        saliency_margin: float = 0.2,
+    ):
+        super().__init__()
+        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.weight_span = weight_span
+        self.weight_giou = weight_giou
+        self.weight_label = weight_label
+        self.eos_coef = eos_coef
+        self.weight_saliency = weight_saliency
+        self.saliency_margin = saliency_margin
+
+    @staticmethod
+    def check_targets(targets: list[dict[str, Tensor]], video_mask: Tensor) -> None:
+        """Raise ``ValueError`` naming ``targets[b][key]`` when a target is malformed."""
+        batch, length = video_mask.shape
+        if len(targets) != batch:
+            raise ValueError(f"targets: expected {batch} dicts, got {len(targets)}")
+        for b, target in enumerate(targets):
+            if "spans" not in target:
+                raise ValueError(f"targets[{b}]: missing key 'spans' ((n, 2) center, width)")
+            check_normalized_spans(target["spans"], f"targets[{b}]['spans']")
+            saliency = target.get("saliency")
+            if saliency is not None and tuple(saliency.shape) != (length,):
+                raise ValueError(
+                    f"targets[{b}]['saliency']: expected shape ({length},), "
+                    f"got {tuple(saliency.shape)}"
+                )
+
+    def _set_losses(
+        self, logits: Tensor, spans: Tensor, targets: list[dict[str, Tensor]], suffix: str
+    ) -> dict[str, Tensor]:
+        matches = self.matcher(logits, spans, targets)
+        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
+        query_idx = torch.cat([q for q, _ in matches])
+        matched = spans[batch_idx.to(spans.device), query_idx.to(spans.device)].float()
+        pairs = zip(targets, matches, strict=True)
+        target_spans = torch.cat([t["spans"][j.to(t["spans"].device)] for t, (_, j) in pairs])
+        target_spans = target_spans.to(matched)
+
+        if len(query_idx) > 0:
+            loss_span = F.l1_loss(matched, target_spans)
+            giou = generalized_temporal_iou(span_cxw_to_se(matched), span_cxw_to_se(target_spans))
+            loss_giou = (1 - giou.diagonal()).mean()
+        else:
+            loss_span = loss_giou = spans.float().sum() * 0
+
+        labels = torch.zeros_like(logits, dtype=torch.float32)
+        labels[batch_idx, query_idx] = 1.0
+        weights = torch.where(labels > 0, 1.0, self.eos_coef)
+        per_query = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
+        loss_label = (per_query * weights).sum() / weights.sum()
+        return {
+            f"loss_span{suffix}": self.weight_span * loss_span,
+            f"loss_giou{suffix}": self.weight_giou * loss_giou,
+            f"loss_label{suffix}": self.weight_label * loss_label,
+        }
+
+    def saliency_loss(
+        self, saliency: Tensor, video_mask: Tensor, targets: list[dict[str, Tensor]]
+    ) -> Tensor:
+        """Pairwise margin loss of ``saliency (B, T)`` scores; see the class docstring."""
+        target = torch.stack(
+            [
+                t["saliency"].float().to(saliency.device)
+                if t.get("saliency") is not None
+                else saliency_from_spans(t["spans"], video_mask[b])
+                for b, t in enumerate(targets)
+            ]
+        )
+        valid = video_mask[:, :, None] & video_mask[:, None, :]
+        pairs = valid & (target[:, :, None] > target[:, None, :])
+        scores = saliency.float()
+        hinge = (self.saliency_margin - (scores[:, :, None] - scores[:, None, :])).clamp(min=0)
+        num_pairs = pairs.sum((1, 2))
+        has_pairs = num_pairs > 0
+        if not has_pairs.any():
+            return scores.sum() * 0
+        per_sample = (hinge * pairs).sum((1, 2)) / num_pairs.clamp(min=1)
+        return per_sample[has_pairs].mean()
+
+    def forward(self, output: _SpanOutput, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Named, weighted loss terms.
+
+        Args:
+            output: a ``TemporalGroundingOutput`` with ``spans (B, Q, 2)``, ``logits (B, Q)``,
+                ``saliency (B, T)``, ``video_mask (B, T)`` and ``aux``.
+            targets: ``B`` dicts, ``"spans"`` ``(n_b, 2)`` normalised (center, width),
+                optional ``"saliency"`` ``(T,)``.
+        """
+        self.check_targets(targets, output.video_mask)
+        losses = self._set_losses(output.logits, output.spans, targets, "")
+        for layer, (aux_spans, aux_logits) in enumerate(output.aux):
+            losses.update(self._set_losses(aux_logits, aux_spans, targets, f"_{layer}"))
+        if self.weight_saliency:
+            losses["loss_saliency"] = self.weight_saliency * self.saliency_loss(
+                output.saliency, output.video_mask, targets
+            )
+        return losses
