@@ -189,8 +189,7 @@ class MaskSample:
     def validate(self) -> MaskSample:
         if not self.frames:
             raise ValueError(f"sample {self.name}: no frames")
-        if not callable(self.masks):
-            self.masks = self.load_masks()
+        self.masks = self.load_masks()
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,9 @@ def _decode(rles: list, size: tuple[int, int], source: str, anno_id: str) -> np.
             raise ValueError(f"{source}: anno_id {anno_id} frame {t}: RLE size {rle['size']} "
                              f"differs from the frame size {list(size)}")
         counts = rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]
-        out[t] = mask_utils.decode({"size": list(size), "counts": counts}).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            out[t] = mask_utils.decode({"size": list(size), "counts": counts}).astype(bool)
     return out
 
 
