@@ -29,9 +29,11 @@ def make_batch(backbone, kind: str, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     videos = [rng.integers(0, 255, (frames_for(kind), 32, 32, 3), dtype=np.uint8) for _ in range(3)]
     v = backbone.processor.video_token
-    texts = [f"USER: {v} When does the red square appear? ASSISTANT: <time_begin><temp></s>",
-             f"USER: {v} Track <track_box> ASSISTANT: <track_begin><tracking></s>",
-             f"USER: {v} Where and which pixels? ASSISTANT: <box_begin><boxes> <seg_begin><seg><seg></s>"]
+    texts = [
+        f"USER: {v} When does the red square appear? ASSISTANT: <time_begin><temp></s>",
+        f"USER: {v} Track <track_box> ASSISTANT: <track_begin><tracking></s>",
+        f"USER: {v} Where and which pixels? ASSISTANT: <box_begin><boxes> <seg_begin><seg><seg></s>",
+    ]
     batch = dict(backbone.processor(text=texts, videos=videos))
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100
@@ -53,15 +55,20 @@ def test_forward_returns_hidden_states_at_task_tokens(kind):
     B, L = input_ids.shape
     assert out.hidden_states.shape == (B, L, backbone.hidden_size)
     # the last hidden state is the one the LM head reads
-    torch.testing.assert_close(backbone.language_model.get_output_embeddings()(out.hidden_states),
-                               out.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        backbone.language_model.get_output_embeddings()(out.hidden_states),
+        out.logits,
+        atol=1e-4,
+        rtol=1e-4,
+    )
     counts = {name: len(g) for name, g in out.tasks.items()}
     assert counts == {"temporal": 1, "box": 1, "track": 1, "mask": 2}
     for name, gathered in out.tasks.items():
         pid = int(backbone.task_tokens.placeholder_ids[backbone.task_tokens.task_names.index(name)])
         assert (input_ids[gathered.batch_index, gathered.position] == pid).all()
-        torch.testing.assert_close(gathered.embeds,
-                                   out.hidden_states[gathered.batch_index, gathered.position])
+        torch.testing.assert_close(
+            gathered.embeds, out.hidden_states[gathered.batch_index, gathered.position]
+        )
     assert out.tasks["mask"].batch_index.tolist() == [2, 2]
     visual, grid = out.visual, out.visual_grid
     assert visual.shape[:2] == (B, frames_for(kind))
@@ -80,7 +87,9 @@ def test_task_embeddings_change_the_hidden_states_and_get_gradients(kind):
         grad = backbone.task_tokens.embeddings[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert backbone.task_tokens.box_encoder.mlp[0].weight.grad.abs().sum() > 0
-    llm_layer = next(p for n, p in backbone.language_model.named_parameters() if "layers.0.self_attn.q_proj" in n)
+    llm_layer = next(
+        p for n, p in backbone.language_model.named_parameters() if "layers.0.self_attn.q_proj" in n
+    )
     assert llm_layer.grad.abs().sum() > 0
     # the hidden state at a task token depends on the learnable embedding
     with torch.no_grad():
@@ -98,8 +107,16 @@ def test_save_and_load_reproduce_outputs_exactly(kind, tmp_path):
     backbone.save_pretrained(tmp_path / "bb")
     loaded = Backbone.from_pretrained(tmp_path / "bb").eval()
     assert type(loaded) is type(backbone)
-    again = dict(loaded.processor(text=["USER: <video> a"], videos=[np.zeros((frames_for(kind), 32, 32, 3), np.uint8)]))
-    reference = dict(backbone.processor(text=["USER: <video> a"], videos=[np.zeros((frames_for(kind), 32, 32, 3), np.uint8)]))
+    again = dict(
+        loaded.processor(
+            text=["USER: <video> a"], videos=[np.zeros((frames_for(kind), 32, 32, 3), np.uint8)]
+        )
+    )
+    reference = dict(
+        backbone.processor(
+            text=["USER: <video> a"], videos=[np.zeros((frames_for(kind), 32, 32, 3), np.uint8)]
+        )
+    )
     assert torch.equal(again["input_ids"], reference["input_ids"])
     with torch.no_grad():
         a, b = backbone(batch), loaded(batch)
@@ -142,8 +159,11 @@ def test_tokenizer_without_task_tokens_is_rejected():
 def test_images_are_one_frame_each():
     backbone = tiny_llava("llava")
     image = np.full((32, 32, 3), 128, np.uint8)
-    batch = dict(backbone.processor(text=["<image> where? <box_begin><boxes>", "<image> and?"],
-                                    images=[image, image]))
+    batch = dict(
+        backbone.processor(
+            text=["<image> where? <box_begin><boxes>", "<image> and?"], images=[image, image]
+        )
+    )
     out = backbone(batch)
     assert out.visual.shape == (2, 1, 16, 64)
     assert len(out.tasks["box"]) == 1
@@ -152,16 +172,24 @@ def test_images_are_one_frame_each():
 def test_videochat_pads_clips_of_different_lengths():
     backbone = tiny_videochat("timm").eval()  # the Q-Former has dropout
     rng = np.random.default_rng(0)
-    batch = dict(backbone.processor(text=["<video> a <temp>", "<image> b"],
-                                    videos=[rng.integers(0, 255, (5, 40, 48, 3), dtype=np.uint8)],
-                                    images=[rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)]))
+    batch = dict(
+        backbone.processor(
+            text=["<video> a <temp>", "<image> b"],
+            videos=[rng.integers(0, 255, (5, 40, 48, 3), dtype=np.uint8)],
+            images=[rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)],
+        )
+    )
     assert batch["pixel_values_videos"].shape == (2, 5, 3, 32, 32)
     assert batch["video_frame_mask"].sum(1).tolist() == [5, 1]
     out = backbone(batch)
     assert out.visual.shape == (2, 5, 16, 32)
     assert out.visual_mask.sum(1).tolist() == [5, 1]
     # padding frames do not leak into the LLM: the one-frame sample equals itself batched alone
-    single = dict(backbone.processor(text=["<image> b"], images=[rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)]))
+    single = dict(
+        backbone.processor(
+            text=["<image> b"], images=[rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)]
+        )
+    )
     single["pixel_values_videos"] = batch["pixel_values_videos"][1:, :1]
     with torch.no_grad():
         alone = backbone(single).hidden_states[0]
@@ -179,8 +207,10 @@ def test_lora_trains_adapters_token_rows_and_task_embeddings_only(kind):
     with torch.no_grad():
         before = backbone(batch)
     trainable = apply_lora(backbone, target_modules=["q_proj", "v_proj"], r=4, alpha=8, dropout=0.0)
-    assert trainable and all("lora_" in n or "trainable_tokens_delta" in n or n.startswith("task_tokens.")
-                             for n in trainable)
+    assert trainable and all(
+        "lora_" in n or "trainable_tokens_delta" in n or n.startswith("task_tokens.")
+        for n in trainable
+    )
     assert any("vision" not in n and "lora_A" in n for n in trainable)
     assert not any(("vision" in n or "qformer" in n) and "lora" in n for n in trainable)
     out = backbone(batch)
@@ -189,7 +219,11 @@ def test_lora_trains_adapters_token_rows_and_task_embeddings_only(kind):
     (out.loss + sum(g.embeds.sum() for g in out.tasks.values())).backward()
     grads = {n: p.grad for n, p in backbone.named_parameters() if p.requires_grad}
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
-    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens_delta" in n)
+    assert any(
+        g is not None and g.abs().sum() > 0
+        for n, g in grads.items()
+        if "trainable_tokens_delta" in n
+    )
     assert backbone.task_tokens.embeddings["temporal"].grad.abs().sum() > 0
     frozen = [p for n, p in backbone.named_parameters() if not p.requires_grad]
     assert frozen and all(p.grad is None for p in frozen)

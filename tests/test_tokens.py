@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tpo.backbones.tiny import train_tiny_tokenizer
 import tpo.tokens as tokens_module
+from tpo.backbones.tiny import train_tiny_tokenizer
 from tpo.tokens import TaskSpec, TaskTokens, get_task_spec, register_task, registered_tasks
 
 HIDDEN = 16
@@ -57,9 +57,15 @@ def test_user_task_registers_and_clashing_tokens_are_rejected(clean_registry):
 
 def test_add_to_grows_tokenizer_and_embeddings_with_mean_rows(tokenizer):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
@@ -70,8 +76,8 @@ def test_add_to_grows_tokenizer_and_embeddings_with_mean_rows(tokenizer):
     new_out = model.get_output_embeddings().weight
     assert new_in.shape[0] == len(tokenizer) == old_in.shape[0] + 9
     assert torch.equal(new_in[: old_in.shape[0]], old_in)
-    torch.testing.assert_close(new_in[old_in.shape[0]:], old_in.mean(0).expand(9, -1))
-    torch.testing.assert_close(new_out[old_out.shape[0]:], old_out.mean(0).expand(9, -1))
+    torch.testing.assert_close(new_in[old_in.shape[0] :], old_in.mean(0).expand(9, -1))
+    torch.testing.assert_close(new_out[old_out.shape[0] :], old_out.mean(0).expand(9, -1))
     assert model.config.vocab_size == len(tokenizer)
     ids = tokenizer.convert_tokens_to_ids(["<time_begin>", "<temp>", "<track_box>"])
     assert tokens.begin_ids[0] == ids[0] and tokens.placeholder_ids[0] == ids[1]
@@ -92,7 +98,7 @@ def test_tokenizer_without_task_tokens_is_rejected(tokenizer):
 
 def _slow_inject(tokens: TaskTokens, input_ids, embeds, boxes):
     out = embeds.clone()
-    placeholders = {int(i): name for i, name in zip(tokens.placeholder_ids, tokens.task_names)}
+    placeholders = {int(i): name for i, name in zip(tokens.placeholder_ids, tokens.task_names, strict=True)}
     box_id = int(tokens.input_ids_of_boxes[0])
     k = 0
     for b in range(input_ids.shape[0]):
@@ -133,12 +139,18 @@ def test_inject_and_gather_match_a_per_sample_reference(bound):
     gathered = tokens.gather(input_ids, hidden)
     assert set(gathered) == set(tokens.task_names)
     total = 0
-    for name, pid in zip(tokens.task_names, tokens.placeholder_ids.tolist()):
-        expected = [(b, p) for b in range(input_ids.shape[0]) for p in range(input_ids.shape[1])
-                    if int(input_ids[b, p]) == pid]
-        got = list(zip(gathered[name].batch_index.tolist(), gathered[name].position.tolist()))
+    for name, pid in zip(tokens.task_names, tokens.placeholder_ids.tolist(), strict=True):
+        expected = [
+            (b, p)
+            for b in range(input_ids.shape[0])
+            for p in range(input_ids.shape[1])
+            if int(input_ids[b, p]) == pid
+        ]
+        got = list(zip(gathered[name].batch_index.tolist(), gathered[name].position.tolist(), strict=True))
         assert got == expected
-        ref = torch.stack([hidden[b, p] for b, p in expected]) if expected else torch.empty(0, HIDDEN)
+        ref = (
+            torch.stack([hidden[b, p] for b, p in expected]) if expected else torch.empty(0, HIDDEN)
+        )
         torch.testing.assert_close(gathered[name].embeds, ref)
         total += len(gathered[name])
     assert total == sum(counts)
@@ -151,7 +163,11 @@ def test_gradients_reach_task_embeddings_and_box_encoder(bound):
     embeds = torch.randn(*input_ids.shape, HIDDEN)
     out = tokens.inject(input_ids, embeds, torch.tensor([[0.4, 0.4, 0.2, 0.2]]))
     out.pow(2).sum().backward()
-    used = {tokens.task_names[i] for i in tokens.placeholder_task_index(input_ids).flatten().tolist() if i >= 0}
+    used = {
+        tokens.task_names[i]
+        for i in tokens.placeholder_task_index(input_ids).flatten().tolist()
+        if i >= 0
+    }
     for name in tokens.task_names:
         grad = tokens.embeddings[name].grad
         assert (grad is not None and grad.abs().sum() > 0) == (name in used)

@@ -63,12 +63,17 @@ def register_task(spec: TaskSpec, *, overwrite: bool = False) -> TaskSpec:
         if _REGISTRY[spec.name] == spec:
             return spec
         raise ValueError(f"task {spec.name!r} is already registered as {_REGISTRY[spec.name]}")
-    taken = {tok: other.name for other in _REGISTRY.values() if other.name != spec.name
-             for tok in other.tokens}
+    taken = {
+        tok: other.name
+        for other in _REGISTRY.values()
+        if other.name != spec.name
+        for tok in other.tokens
+    }
     clashes = [tok for tok in spec.tokens if tok in taken]
     if clashes:
-        raise ValueError(f"task {spec.name!r}: tokens {clashes} are already used by task "
-                         f"{taken[clashes[0]]!r}")
+        raise ValueError(
+            f"task {spec.name!r}: tokens {clashes} are already used by task {taken[clashes[0]]!r}"
+        )
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -78,8 +83,10 @@ def get_task_spec(name: str) -> TaskSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"task {name!r} is not registered; registered tasks: "
-                         f"{sorted(_REGISTRY)} (add one with tpo.tokens.register_task)") from None
+        raise ValueError(
+            f"task {name!r} is not registered; registered tasks: "
+            f"{sorted(_REGISTRY)} (add one with tpo.tokens.register_task)"
+        ) from None
 
 
 def registered_tasks() -> list[str]:
@@ -171,9 +178,9 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
         super().__init__()
         self.specs: dict[str, TaskSpec] = {s.name: s for s in _resolve_specs(tasks)}
         self.hidden_size = hidden_size
-        self.embeddings = nn.ParameterDict({
-            name: nn.Parameter(torch.randn(hidden_size) * init_std) for name in self.specs
-        })
+        self.embeddings = nn.ParameterDict(
+            {name: nn.Parameter(torch.randn(hidden_size) * init_std) for name in self.specs}
+        )
         self.box_encoder = BoxEncoder(hidden_size=hidden_size, mlp_dim=box_mlp_dim)
         # (num_tasks, 3): begin, placeholder, input token id per task; -1 where unset.
         self.register_buffer("token_ids", torch.full((len(self.specs), 3), -1, dtype=torch.long))
@@ -203,9 +210,16 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
         if missing:
             raise ValueError(
                 f"tokenizer {type(tokenizer).__name__} lacks the task tokens {missing}; "
-                "expected them as added special tokens (call TaskTokens.add_to(tokenizer, model))")
-        ids = [[vocab[s.begin_token], vocab[s.placeholder_token],
-                vocab[s.input_token] if s.input_token else -1] for s in self.specs.values()]
+                "expected them as added special tokens (call TaskTokens.add_to(tokenizer, model))"
+            )
+        ids = [
+            [
+                vocab[s.begin_token],
+                vocab[s.placeholder_token],
+                vocab[s.input_token] if s.input_token else -1,
+            ]
+            for s in self.specs.values()
+        ]
         self.token_ids.copy_(torch.tensor(ids, dtype=torch.long))
 
     def add_to(self, tokenizer, model: nn.Module | None = None) -> int:
@@ -224,8 +238,9 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
         """
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         tokens = [tok for s in self.specs.values() for tok in s.tokens]
-        added = tokenizer.add_special_tokens({"additional_special_tokens": tokens},
-                                             replace_extra_special_tokens=False)
+        added = tokenizer.add_special_tokens(
+            {"additional_special_tokens": tokens}, replace_extra_special_tokens=False
+        )
         if model is not None:
             resize_with_mean_rows(model, len(tokenizer))
         self.bind(tokenizer)
@@ -233,8 +248,10 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
 
     def _require_bound(self) -> None:
         if not self.is_bound:
-            raise ValueError("TaskTokens has no token ids: call add_to(tokenizer, model) or "
-                             "bind(tokenizer) first")
+            raise ValueError(
+                "TaskTokens has no token ids: call add_to(tokenizer, model) or "
+                "bind(tokenizer) first"
+            )
 
     @property
     def begin_ids(self) -> Tensor:
@@ -260,7 +277,9 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
         index = match.long().argmax(-1)
         return torch.where(match.any(-1), index, -1)
 
-    def inject(self, input_ids: Tensor, inputs_embeds: Tensor, boxes: Tensor | None = None) -> Tensor:
+    def inject(
+        self, input_ids: Tensor, inputs_embeds: Tensor, boxes: Tensor | None = None
+    ) -> Tensor:
         """Put the task embeddings (and encoded input boxes) into the input embeddings.
 
         Args:
@@ -278,9 +297,14 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
             ValueError: ``inputs_embeds`` does not match ``input_ids``; the number of boxes differs
                 from the number of input-box tokens; a box lies outside [0, 1].
         """
-        if inputs_embeds.shape[:2] != input_ids.shape or inputs_embeds.shape[-1] != self.hidden_size:
-            raise ValueError(f"inputs_embeds: expected shape {(*input_ids.shape, self.hidden_size)} "
-                             f"for input_ids {tuple(input_ids.shape)}, got {tuple(inputs_embeds.shape)}")
+        if (
+            inputs_embeds.shape[:2] != input_ids.shape
+            or inputs_embeds.shape[-1] != self.hidden_size
+        ):
+            raise ValueError(
+                f"inputs_embeds: expected shape {(*input_ids.shape, self.hidden_size)} "
+                f"for input_ids {tuple(input_ids.shape)}, got {tuple(inputs_embeds.shape)}"
+            )
         task_index = self.placeholder_task_index(input_ids)
         table = torch.stack([self.embeddings[name] for name in self.specs]).to(inputs_embeds.dtype)
         is_task = (task_index >= 0)[..., None]
@@ -290,18 +314,24 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
         num_box_tokens = int(box_positions.sum())
         num_boxes = 0 if boxes is None else boxes.shape[0]
         if num_box_tokens != num_boxes:
-            raise ValueError(f"boxes: the batch has {num_box_tokens} input-box tokens "
-                             f"({self._box_token_names()}) but {num_boxes} boxes were given")
+            raise ValueError(
+                f"boxes: the batch has {num_box_tokens} input-box tokens "
+                f"({self._box_token_names()}) but {num_boxes} boxes were given"
+            )
         if num_boxes:
             if boxes.ndim != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"boxes: expected (K, 4) normalised cx, cy, w, h, "
-                                 f"got shape {tuple(boxes.shape)}")
+                raise ValueError(
+                    f"boxes: expected (K, 4) normalised cx, cy, w, h, "
+                    f"got shape {tuple(boxes.shape)}"
+                )
             bad = ((boxes < 0) | (boxes > 1)).any(-1)
             if bad.any():
                 first = int(bad.nonzero()[0, 0])
                 values = [round(v, 4) for v in boxes[first].tolist()]
-                raise ValueError(f"boxes[{first}] = {values}: input boxes for "
-                                 f"{self._box_token_names()} must be normalised to [0, 1]")
+                raise ValueError(
+                    f"boxes[{first}] = {values}: input boxes for "
+                    f"{self._box_token_names()} must be normalised to [0, 1]"
+                )
             encoded = self.box_encoder(boxes.to(self.token_ids.device, torch.float32))
             out = out.index_put(tuple(box_positions.nonzero().unbind(1)), encoded.to(out.dtype))
         return out
@@ -321,8 +351,10 @@ class TaskTokens(nn.Module, PyTorchModelHubMixin):
             row-major order of (sample, position).
         """
         if hidden_states.shape[:2] != input_ids.shape:
-            raise ValueError(f"hidden_states: expected (B, L, D) with (B, L) = "
-                             f"{tuple(input_ids.shape)}, got {tuple(hidden_states.shape)}")
+            raise ValueError(
+                f"hidden_states: expected (B, L, D) with (B, L) = "
+                f"{tuple(input_ids.shape)}, got {tuple(hidden_states.shape)}"
+            )
         task_index = self.placeholder_task_index(input_ids)
         out = {}
         for t, name in enumerate(self.specs):

@@ -63,8 +63,10 @@ def group_frames(features: Tensor, counts: list[int], *, name: str) -> tuple[Ten
         ``(B, T)`` bool frame mask.
     """
     if sum(counts) != features.shape[0]:
-        raise ValueError(f"{name}: {features.shape[0]} frames of features for {sum(counts)} "
-                         f"placeholders ({counts} per sample)")
+        raise ValueError(
+            f"{name}: {features.shape[0]} frames of features for {sum(counts)} "
+            f"placeholders ({counts} per sample)"
+        )
     batch, frames = len(counts), max(counts, default=0)
     counts_t = torch.tensor(counts, device=features.device)
     mask = torch.arange(frames, device=features.device)[None, :] < counts_t[:, None]
@@ -119,8 +121,10 @@ class Backbone(nn.Module):
         if task_tokens is None:
             task_tokens = TaskTokens(hidden_size=self.hidden_size, **kwargs)
         if task_tokens.hidden_size != self.hidden_size:
-            raise ValueError(f"task_tokens: hidden size {task_tokens.hidden_size} differs from the "
-                             f"LLM's {self.hidden_size}")
+            raise ValueError(
+                f"task_tokens: hidden size {task_tokens.hidden_size} differs from the "
+                f"LLM's {self.hidden_size}"
+            )
         task_tokens.add_to(self.tokenizer, self.language_model)
         self.task_tokens = task_tokens
         self.install_injection_hook()
@@ -172,17 +176,24 @@ class Backbone(nn.Module):
         """Run the wrapped model with the batch's text fields, boxes and ``model_kwargs``."""
         input_ids = self._require(batch, "input_ids")
         with self.input_boxes(batch.get("track_boxes")):
-            return self.model(input_ids=input_ids, attention_mask=batch.get("attention_mask"),
-                              labels=batch.get("labels"), output_hidden_states=True,
-                              return_dict=True, **model_kwargs)
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=batch.get("attention_mask"),
+                labels=batch.get("labels"),
+                output_hidden_states=True,
+                return_dict=True,
+                **model_kwargs,
+            )
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model, processor, task tokens and a ``tpo_backbone.json`` to ``directory``."""
         adapted = [n for n, _ in self.named_parameters() if "lora_" in n or "token_adapter" in n]
         if adapted:
-            raise ValueError(f"save_pretrained: the backbone carries LoRA adapters ({adapted[0]}, ...); "
-                             "save the base backbone before apply_lora, and the adapters with the heads")
+            raise ValueError(
+                f"save_pretrained: the backbone carries LoRA adapters ({adapted[0]}, ...); "
+                "save the base backbone before apply_lora, and the adapters with the heads"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"class": type(self).__name__, **self._save_model(directory)}
@@ -196,8 +207,10 @@ class Backbone(nn.Module):
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path}: no {CONFIG_NAME}; expected a folder written by "
-                                    "Backbone.save_pretrained")
+            raise FileNotFoundError(
+                f"{config_path}: no {CONFIG_NAME}; expected a folder written by "
+                "Backbone.save_pretrained"
+            )
         config = json.loads(config_path.read_text())
         if config["class"] != cls.__name__ and cls is not Backbone:
             raise ValueError(f"{config_path}: holds a {config['class']}, not a {cls.__name__}")

@@ -52,8 +52,13 @@ class LlavaFamilyProcessor:
     def tokenizer(self):
         return self.processor.tokenizer
 
-    def __call__(self, text: list[str] | str, images: list | None = None, videos: list | None = None,
-                 **kwargs) -> BatchFeature:
+    def __call__(
+        self,
+        text: list[str] | str,
+        images: list | None = None,
+        videos: list | None = None,
+        **kwargs,
+    ) -> BatchFeature:
         """Tokenise ``text`` and encode ``images`` / ``videos`` (``(T, H, W, 3)`` uint8 each)."""
         texts = [text] if isinstance(text, str) else list(text)
         if self.frames_as_images and videos:
@@ -107,12 +112,16 @@ class LlavaBackbone(Backbone):
     samples only where both give the same number of tokens per frame.
     """
 
-    def __init__(self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None
+    ) -> None:
         super().__init__()
         model_type = model.config.model_type
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model: model_type {model_type!r} is not supported; expected one of "
-                             f"{SUPPORTED_MODEL_TYPES}")
+            raise ValueError(
+                f"model: model_type {model_type!r} is not supported; expected one of "
+                f"{SUPPORTED_MODEL_TYPES}"
+            )
         self.model = model
         self.model_type = model_type
         if not isinstance(processor, LlavaFamilyProcessor):
@@ -191,7 +200,9 @@ class LlavaBackbone(Backbone):
             return tokens[:, 1:]
         return tokens
 
-    def _images_per_sample(self, input_ids: Tensor, num_images: int, tokens_per_image: int) -> list[int]:
+    def _images_per_sample(
+        self, input_ids: Tensor, num_images: int, tokens_per_image: int
+    ) -> list[int]:
         is_image = input_ids == self.image_token_id
         if self.model_type in ("llava", "video_llava"):
             counts = (is_image.sum(1) // tokens_per_image).tolist()
@@ -199,8 +210,10 @@ class LlavaBackbone(Backbone):
             starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0))[:, :-1]
             counts = starts.sum(1).tolist()
         if sum(counts) != num_images:
-            raise ValueError(f"input_ids: {sum(counts)} image placeholders ({counts} per sample) but "
-                             f"pixel_values holds {num_images} images")
+            raise ValueError(
+                f"input_ids: {sum(counts)} image placeholders ({counts} per sample) but "
+                f"pixel_values holds {num_images} images"
+            )
         return counts
 
     def encode_visual(self, batch: dict) -> tuple[dict[str, Any], Tensor | None, Tensor | None]:
@@ -222,8 +235,10 @@ class LlavaBackbone(Backbone):
             mm["video"], video_tokens = self._video_features(batch)
             has_video = (input_ids == self.video_token_id).any(1).nonzero().flatten().tolist()
             if len(has_video) != video_tokens.shape[0]:
-                raise ValueError(f"input_ids: {len(has_video)} samples have video tokens but "
-                                 f"pixel_values_videos holds {video_tokens.shape[0]} videos")
+                raise ValueError(
+                    f"input_ids: {len(has_video)} samples have video tokens but "
+                    f"pixel_values_videos holds {video_tokens.shape[0]} videos"
+                )
             for b, frames in zip(has_video, video_tokens, strict=True):
                 per_sample[b].append(frames)
         if not mm:
@@ -231,12 +246,16 @@ class LlavaBackbone(Backbone):
         frames = [torch.cat(f) if f else None for f in per_sample]
         sizes = {f.shape[1:] for f in frames if f is not None}
         if len(sizes) > 1:
-            raise ValueError(f"batch: samples give different visual token shapes {sorted(sizes)} per "
-                             "frame (images and videos mixed); batch them separately")
+            raise ValueError(
+                f"batch: samples give different visual token shapes {sorted(sizes)} per "
+                "frame (images and videos mixed); batch them separately"
+            )
         (size,) = sizes
         empty = next(f for f in frames if f is not None).new_zeros(0, *size)
         frames = [f if f is not None else empty for f in frames]
-        visual, mask = group_frames(torch.cat(frames), [f.shape[0] for f in frames], name="visual tokens")
+        visual, mask = group_frames(
+            torch.cat(frames), [f.shape[0] for f in frames], name="visual tokens"
+        )
         return mm, visual, mask
 
     @staticmethod
@@ -251,7 +270,10 @@ class LlavaBackbone(Backbone):
         out = self._lm_forward(batch, mm_encoder_outputs=mm or None)
         hidden = out.hidden_states[-1]
         return BackboneOutput(
-            loss=out.loss, logits=out.logits, hidden_states=hidden, visual=visual,
+            loss=out.loss,
+            logits=out.logits,
+            hidden_states=hidden,
+            visual=visual,
             visual_mask=visual_mask,
             visual_grid=self._grid(visual.shape[2]) if visual is not None else None,
             tasks=self.gather_tasks(batch["input_ids"], hidden),
@@ -274,7 +296,10 @@ class LlavaBackbone(Backbone):
         """Load from a folder written by :meth:`save_pretrained`, or from a plain Hugging Face model
         folder (``config.json`` + weights + processor files) on local disk."""
         directory = Path(directory)
-        if not (directory / "tpo_backbone.json").is_file() and (directory / "config.json").is_file():
+        if (
+            not (directory / "tpo_backbone.json").is_file()
+            and (directory / "config.json").is_file()
+        ):
             model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
             return cls(model, AutoProcessor.from_pretrained(directory))
         return super().from_pretrained(directory, **model_kwargs)

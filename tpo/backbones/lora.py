@@ -27,9 +27,15 @@ def is_lora_parameter(name: str) -> bool:
     return any(marker in name for marker in _TRAINABLE_MARKERS)
 
 
-def apply_lora(backbone: Backbone, *, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
-               r: int = 16, alpha: int = 32, dropout: float = 0.05,
-               train_token_rows: bool = True) -> list[str]:
+def apply_lora(
+    backbone: Backbone,
+    *,
+    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    train_token_rows: bool = True,
+) -> list[str]:
     """Put LoRA adapters on the named linear layers of the backbone's LLM and freeze the rest.
 
     Args:
@@ -56,17 +62,27 @@ def apply_lora(backbone: Backbone, *, target_modules: Sequence[str] = DEFAULT_LO
     names = "|".join(re.escape(t) for t in target_modules)
     pattern = rf"^{scope}(?:.*\.)?({names})$"
     if not any(re.match(pattern, n) for n, m in model.named_modules() if isinstance(m, nn.Linear)):
-        raise ValueError(f"target_modules: no linear layer of the LLM matches {list(target_modules)} "
-                         f"(pattern {pattern!r})")
+        raise ValueError(
+            f"target_modules: no linear layer of the LLM matches {list(target_modules)} "
+            f"(pattern {pattern!r})"
+        )
     token_indices = None
     if train_token_rows and backbone.task_tokens is not None:
         rows = backbone.task_tokens.trainable_token_rows().tolist()
         token_indices = {_module_name(model, backbone.language_model.get_input_embeddings()): rows}
         output = backbone.language_model.get_output_embeddings()
-        if output is not None and output.weight is not backbone.language_model.get_input_embeddings().weight:
+        if (
+            output is not None
+            and output.weight is not backbone.language_model.get_input_embeddings().weight
+        ):
             token_indices[_module_name(model, output)] = rows
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern,
-                        trainable_token_indices=token_indices)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=pattern,
+        trainable_token_indices=token_indices,
+    )
     inject_adapter_in_model(config, model)
     for name, param in backbone.named_parameters():
         param.requires_grad_(is_lora_parameter(name) or name.startswith("task_tokens."))

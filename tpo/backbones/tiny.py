@@ -61,8 +61,12 @@ _DEFAULT_CORPUS = (
 TINY_LLAVA_KINDS = ("llava", "llava_onevision", "llava_next_video", "video_llava")
 
 
-def train_tiny_tokenizer(corpus: Iterable[str] | None = None, *, vocab_size: int = 512,
-                         extra_special_tokens: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+def train_tiny_tokenizer(
+    corpus: Iterable[str] | None = None,
+    *,
+    vocab_size: int = 512,
+    extra_special_tokens: Sequence[str] = (),
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer in well under a second.
 
     Args:
@@ -78,28 +82,54 @@ def train_tiny_tokenizer(corpus: Iterable[str] | None = None, *, vocab_size: int
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(list(corpus or _DEFAULT_CORPUS) * 4, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
         padding_side="right",
     )
 
 
 def _llama_config(vocab_size: int, hidden_size: int, num_layers: int, cls=LlamaConfig, **kw):
-    return cls(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-               num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-               max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-               tie_word_embeddings=False, **kw)
+    return cls(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        **kw,
+    )
 
 
-def tiny_llava(kind: str = "llava", *, tasks: Sequence[str] | None = None, image_size: int = 32,
-               patch_size: int = 8, hidden_size: int = 64, num_layers: int = 2,
-               vision_hidden_size: int = 32, vision_layers: int = 2, tokenizer=None,
-               seed: int = 0) -> LlavaBackbone:
+def tiny_llava(
+    kind: str = "llava",
+    *,
+    tasks: Sequence[str] | None = None,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_hidden_size: int = 32,
+    vision_layers: int = 2,
+    tokenizer=None,
+    seed: int = 0,
+) -> LlavaBackbone:
     """A tiny LLaVA-family backbone with task tokens attached, built from configs.
 
     Args:
@@ -121,64 +151,120 @@ def tiny_llava(kind: str = "llava", *, tasks: Sequence[str] | None = None, image
     vocab = len(tokenizer)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     video_id = tokenizer.convert_tokens_to_ids("<video>")
-    vision = dict(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                  num_hidden_layers=vision_layers, num_attention_heads=4, image_size=image_size,
-                  patch_size=patch_size)
+    vision = dict(
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     square = {"height": image_size, "width": image_size}
-    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    pinpoints = [
+        [image_size, image_size],
+        [image_size, 2 * image_size],
+        [2 * image_size, image_size],
+    ]
     tokens_per_crop = (image_size // patch_size) ** 2
     if kind == "llava":
-        config = LlavaConfig(vision_config=CLIPVisionConfig(**vision),
-                             text_config=_llama_config(vocab, hidden_size, num_layers),
-                             image_token_index=image_id, vision_feature_layer=-1,
-                             vision_feature_select_strategy="default")
+        config = LlavaConfig(
+            vision_config=CLIPVisionConfig(**vision),
+            text_config=_llama_config(vocab, hidden_size, num_layers),
+            image_token_index=image_id,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
         model = LlavaForConditionalGeneration(config)
         processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
-            tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
-            num_additional_image_tokens=1)
+            image_processor=CLIPImageProcessor(
+                size={"shortest_edge": image_size}, crop_size=square
+            ),
+            tokenizer=tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
     elif kind == "llava_onevision":
-        config = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**vision),
-                                      text_config=_llama_config(vocab, hidden_size, num_layers, Qwen2Config),
-                                      image_token_index=image_id, video_token_index=video_id,
-                                      image_grid_pinpoints=pinpoints, vision_feature_layer=-1)
+        config = LlavaOnevisionConfig(
+            vision_config=SiglipVisionConfig(**vision),
+            text_config=_llama_config(vocab, hidden_size, num_layers, Qwen2Config),
+            image_token_index=image_id,
+            video_token_index=video_id,
+            image_grid_pinpoints=pinpoints,
+            vision_feature_layer=-1,
+        )
         model = LlavaOnevisionForConditionalGeneration(config)
         processor = LlavaOnevisionProcessor(
-            image_processor=LlavaOnevisionImageProcessor(size=square, image_grid_pinpoints=pinpoints),
-            video_processor=LlavaOnevisionVideoProcessor(size=square), tokenizer=tokenizer,
-            num_image_tokens=tokens_per_crop, vision_feature_select_strategy="full")
+            image_processor=LlavaOnevisionImageProcessor(
+                size=square, image_grid_pinpoints=pinpoints
+            ),
+            video_processor=LlavaOnevisionVideoProcessor(size=square),
+            tokenizer=tokenizer,
+            num_image_tokens=tokens_per_crop,
+            vision_feature_select_strategy="full",
+        )
     elif kind == "llava_next_video":
-        config = LlavaNextVideoConfig(vision_config=CLIPVisionConfig(**vision),
-                                      text_config=_llama_config(vocab, hidden_size, num_layers),
-                                      image_token_index=image_id, video_token_index=video_id,
-                                      image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
-                                      spatial_pool_stride=2)
+        config = LlavaNextVideoConfig(
+            vision_config=CLIPVisionConfig(**vision),
+            text_config=_llama_config(vocab, hidden_size, num_layers),
+            image_token_index=image_id,
+            video_token_index=video_id,
+            image_grid_pinpoints=pinpoints,
+            vision_feature_layer=-1,
+            spatial_pool_stride=2,
+        )
         model = LlavaNextVideoForConditionalGeneration(config)
         processor = LlavaNextVideoProcessor(
-            image_processor=LlavaNextImageProcessor(size={"shortest_edge": image_size}, crop_size=square,
-                                                    image_grid_pinpoints=pinpoints),
-            video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": image_size}, crop_size=square),
-            tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
-            num_additional_image_tokens=1)
+            image_processor=LlavaNextImageProcessor(
+                size={"shortest_edge": image_size}, crop_size=square, image_grid_pinpoints=pinpoints
+            ),
+            video_processor=LlavaNextVideoVideoProcessor(
+                size={"shortest_edge": image_size}, crop_size=square
+            ),
+            tokenizer=tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
     else:
-        config = VideoLlavaConfig(vision_config=CLIPVisionConfig(**vision),
-                                  text_config=_llama_config(vocab, hidden_size, num_layers),
-                                  image_token_index=image_id, video_token_index=video_id,
-                                  vision_feature_layer=-1)
+        config = VideoLlavaConfig(
+            vision_config=CLIPVisionConfig(**vision),
+            text_config=_llama_config(vocab, hidden_size, num_layers),
+            image_token_index=image_id,
+            video_token_index=video_id,
+            vision_feature_layer=-1,
+        )
         model = VideoLlavaForConditionalGeneration(config)
         processor = VideoLlavaProcessor(
-            image_processor=VideoLlavaImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
-            video_processor=VideoLlavaVideoProcessor(size={"shortest_edge": image_size}, crop_size=square),
-            tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
-            num_additional_image_tokens=1)
+            image_processor=VideoLlavaImageProcessor(
+                size={"shortest_edge": image_size}, crop_size=square
+            ),
+            video_processor=VideoLlavaVideoProcessor(
+                size={"shortest_edge": image_size}, crop_size=square
+            ),
+            tokenizer=tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
     task_tokens = TaskTokens(hidden_size=hidden_size, tasks=tasks)
     return LlavaBackbone(model, processor, task_tokens=task_tokens)
 
 
-def tiny_videochat(vision: str = "timm", *, tasks: Sequence[str] | None = None, image_size: int = 32,
-                   patch_size: int = 8, hidden_size: int = 64, num_layers: int = 2,
-                   vision_hidden_size: int = 32, num_query_tokens: int = 8, max_frames: int = 16,
-                   tokenizer=None, seed: int = 0) -> VideoChatBackbone:
+def tiny_videochat(
+    vision: str = "timm",
+    *,
+    tasks: Sequence[str] | None = None,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_hidden_size: int = 32,
+    num_query_tokens: int = 8,
+    max_frames: int = 16,
+    tokenizer=None,
+    seed: int = 0,
+) -> VideoChatBackbone:
     """A tiny VideoChat-style backbone (vision tower + Q-Former + LLaMA) with task tokens.
 
     Args:
@@ -190,23 +276,48 @@ def tiny_videochat(vision: str = "timm", *, tasks: Sequence[str] | None = None, 
     torch.manual_seed(seed)
     tokenizer = tokenizer or train_tiny_tokenizer()
     if vision == "timm":
-        vision_spec = {"type": "timm", "name": "vit_tiny_patch16_224",
-                       "kwargs": {"img_size": image_size, "patch_size": patch_size,
-                                  "embed_dim": vision_hidden_size, "depth": 2, "num_heads": 4}}
+        vision_spec = {
+            "type": "timm",
+            "name": "vit_tiny_patch16_224",
+            "kwargs": {
+                "img_size": image_size,
+                "patch_size": patch_size,
+                "embed_dim": vision_hidden_size,
+                "depth": 2,
+                "num_heads": 4,
+            },
+        }
     elif vision == "clip":
-        config = CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                                  num_hidden_layers=2, num_attention_heads=4, image_size=image_size,
-                                  patch_size=patch_size)
+        config = CLIPVisionConfig(
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch_size,
+        )
         vision_spec = {"type": "transformers", "config": config.to_dict()}
     else:
         raise ValueError(f"vision: expected 'timm' or 'clip', got {vision!r}")
-    qformer = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "intermediate_size": 128, "cross_attention_frequency": 1,
-               "encoder_hidden_size": vision_hidden_size}
+    qformer = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "cross_attention_frequency": 1,
+        "encoder_hidden_size": vision_hidden_size,
+    }
     llm = LlamaForCausalLM(_llama_config(len(tokenizer), hidden_size, num_layers))
-    processor = VideoChatProcessor(tokenizer=tokenizer, image_size=image_size,
-                                   num_query_tokens=num_query_tokens)
-    backbone = VideoChatBackbone(vision=vision_spec, qformer=qformer, llm=llm, processor=processor,
-                                 num_query_tokens=num_query_tokens, max_frames=max_frames)
+    processor = VideoChatProcessor(
+        tokenizer=tokenizer, image_size=image_size, num_query_tokens=num_query_tokens
+    )
+    backbone = VideoChatBackbone(
+        vision=vision_spec,
+        qformer=qformer,
+        llm=llm,
+        processor=processor,
+        num_query_tokens=num_query_tokens,
+        max_frames=max_frames,
+    )
     backbone.attach_task_tokens(TaskTokens(hidden_size=hidden_size, tasks=tasks))
     return backbone

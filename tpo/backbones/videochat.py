@@ -54,12 +54,19 @@ class VideoChatProcessor:
     image_token = "<image>"
     video_token = "<video>"
 
-    def __init__(self, *, tokenizer, image_size: int, num_query_tokens: int,
-                 mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-                 std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        image_size: int,
+        num_query_tokens: int,
+        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: tuple[float, ...] = (0.229, 0.224, 0.225),
+    ) -> None:
         if self.video_token not in tokenizer.get_vocab():
-            raise ValueError(f"tokenizer: lacks the {self.video_token!r} token the processor expands "
-                             "clips into")
+            raise ValueError(
+                f"tokenizer: lacks the {self.video_token!r} token the processor expands clips into"
+            )
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.num_query_tokens = num_query_tokens
@@ -74,16 +81,30 @@ class VideoChatProcessor:
         if frames.ndim == 3:
             frames = frames[None]
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"{name}: expected (T, H, W, 3) RGB frames, got shape {tuple(frames.shape)}")
+            raise ValueError(
+                f"{name}: expected (T, H, W, 3) RGB frames, got shape {tuple(frames.shape)}"
+            )
         x = frames.permute(0, 3, 1, 2).float() / 255.0
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                          antialias=True, align_corners=False)
+        x = F.interpolate(
+            x,
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, text: list[str] | str, images: list | None = None, videos: list | None = None,
-                 return_tensors: str = "pt", padding: bool | str = True, **kwargs) -> BatchFeature:
+    def __call__(
+        self,
+        text: list[str] | str,
+        images: list | None = None,
+        videos: list | None = None,
+        return_tensors: str = "pt",
+        padding: bool | str = True,
+        **kwargs,
+    ) -> BatchFeature:
         """Tokenise ``text`` and stack the clips.
 
         Returns:
@@ -103,7 +124,9 @@ class VideoChatProcessor:
                     source = image_iter if piece == self.image_token else video_iter
                     clip = next(source, None)
                     if clip is None:
-                        raise ValueError(f"text[{i}]: more {piece} markers than {piece[1:-1]}s given")
+                        raise ValueError(
+                            f"text[{i}]: more {piece} markers than {piece[1:-1]}s given"
+                        )
                     clips.append(self._frames(clip, f"{piece[1:-1]} of text[{i}]"))
                     parts.append(run)
                 else:
@@ -111,21 +134,29 @@ class VideoChatProcessor:
             expanded.append("".join(parts))
         if next(image_iter, None) is not None or next(video_iter, None) is not None:
             raise ValueError("images/videos: more given than markers in the texts")
-        out = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
+        out = dict(
+            self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
+        )
         if clips:
             lengths = [c.shape[0] for c in clips]
             stacked = torch.zeros(len(clips), max(lengths), *clips[0].shape[1:])
             for c, clip in enumerate(clips):
                 stacked[c, : clip.shape[0]] = clip
             out["pixel_values_videos"] = stacked
-            out["video_frame_mask"] = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
+            out["video_frame_mask"] = (
+                torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
+            )
         return BatchFeature(out)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.tokenizer.save_pretrained(str(directory))
-        config = {"image_size": self.image_size, "num_query_tokens": self.num_query_tokens,
-                  "mean": self.mean, "std": self.std}
+        config = {
+            "image_size": self.image_size,
+            "num_query_tokens": self.num_query_tokens,
+            "mean": self.mean,
+            "std": self.std,
+        }
         (directory / PROCESSOR_CONFIG).write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -154,7 +185,9 @@ class VisionTower(nn.Module):
             checkpoint = spec.get("checkpoint")
             if checkpoint:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint)}
-            self.model = timm.create_model(spec["name"], pretrained=bool(checkpoint), num_classes=0, **kwargs)
+            self.model = timm.create_model(
+                spec["name"], pretrained=bool(checkpoint), num_classes=0, **kwargs
+            )
             self.width = self.model.num_features
             self.grid = tuple(self.model.patch_embed.grid_size)
             self.num_prefix = self.model.num_prefix_tokens
@@ -163,7 +196,9 @@ class VisionTower(nn.Module):
                 self.model = AutoModel.from_pretrained(spec["path"])
             else:
                 config = dict(spec["config"])
-                self.model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+                self.model = AutoModel.from_config(
+                    AutoConfig.for_model(config.pop("model_type"), **config)
+                )
             config = self.model.config
             self.width = config.hidden_size
             side = config.image_size // config.patch_size
@@ -182,7 +217,7 @@ class VisionTower(nn.Module):
         else:
             tokens = self.model(pixel_values=frames).last_hidden_state
         num_patches = self.grid[0] * self.grid[1]
-        return tokens[:, tokens.shape[1] - num_patches:]
+        return tokens[:, tokens.shape[1] - num_patches :]
 
 
 class VideoChatBackbone(Backbone):
@@ -205,16 +240,26 @@ class VideoChatBackbone(Backbone):
     concatenated along ``T``.
     """
 
-    def __init__(self, *, vision: dict, qformer: dict, llm: nn.Module, processor: VideoChatProcessor,
-                 num_query_tokens: int = 32, max_frames: int = 16,
-                 task_tokens: TaskTokens | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        vision: dict,
+        qformer: dict,
+        llm: nn.Module,
+        processor: VideoChatProcessor,
+        num_query_tokens: int = 32,
+        max_frames: int = 16,
+        task_tokens: TaskTokens | None = None,
+    ) -> None:
         super().__init__()
         self.vision = VisionTower(vision)
         qformer = {"encoder_hidden_size": self.vision.width, **qformer}
         self.qformer_config = Blip2QFormerConfig(**qformer)
         self.qformer = Blip2QFormerModel(self.qformer_config)
         self.vision_norm = nn.LayerNorm(self.vision.width)
-        self.queries = nn.Parameter(torch.randn(1, num_query_tokens, self.qformer_config.hidden_size) * 0.02)
+        self.queries = nn.Parameter(
+            torch.randn(1, num_query_tokens, self.qformer_config.hidden_size) * 0.02
+        )
         self.temporal_embed = nn.Parameter(torch.zeros(max_frames, self.vision.width))
         self.llm = llm
         self.projection = nn.Linear(self.qformer_config.hidden_size, llm.config.hidden_size)
@@ -237,7 +282,9 @@ class VideoChatBackbone(Backbone):
     def video_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(VideoChatProcessor.video_token)
 
-    def encode_clips(self, videos: Tensor, frame_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode_clips(
+        self, videos: Tensor, frame_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Encode clips.
 
         Args:
@@ -250,17 +297,23 @@ class VideoChatBackbone(Backbone):
         """
         clips, frames = videos.shape[:2]
         if frames > self.max_frames:
-            raise ValueError(f"pixel_values_videos: {frames} frames per clip, the temporal embedding "
-                             f"covers max_frames={self.max_frames}")
+            raise ValueError(
+                f"pixel_values_videos: {frames} frames per clip, the temporal embedding "
+                f"covers max_frames={self.max_frames}"
+            )
         if frame_mask is None:
             frame_mask = torch.ones(clips, frames, dtype=torch.bool, device=videos.device)
         patch_tokens = self.vision(videos[frame_mask])
-        grouped, mask = group_frames(patch_tokens, frame_mask.sum(1).tolist(), name="pixel_values_videos")
+        grouped, mask = group_frames(
+            patch_tokens, frame_mask.sum(1).tolist(), name="pixel_values_videos"
+        )
         grouped = self.vision_norm(grouped + self.temporal_embed[: grouped.shape[1], None])
         encoder_mask = mask[:, :, None].expand(-1, -1, grouped.shape[2]).flatten(1)
-        queries = self.qformer(query_embeds=self.queries.expand(clips, -1, -1),
-                               encoder_hidden_states=grouped.flatten(1, 2),
-                               encoder_attention_mask=encoder_mask.long()).last_hidden_state
+        queries = self.qformer(
+            query_embeds=self.queries.expand(clips, -1, -1),
+            encoder_hidden_states=grouped.flatten(1, 2),
+            encoder_attention_mask=encoder_mask.long(),
+        ).last_hidden_state
         return patch_tokens, self.projection(queries)
 
     def forward(self, batch: dict) -> BackboneOutput:
@@ -273,9 +326,11 @@ class VideoChatBackbone(Backbone):
         videos = batch.get("pixel_values_videos")
         num_clips = 0 if videos is None else videos.shape[0]
         if int(is_visual.sum()) != num_clips * self.num_query_tokens:
-            raise ValueError(f"input_ids: {int(is_visual.sum())} video tokens, expected "
-                             f"{self.num_query_tokens} per clip for {num_clips} clips in "
-                             "pixel_values_videos")
+            raise ValueError(
+                f"input_ids: {int(is_visual.sum())} video tokens, expected "
+                f"{self.num_query_tokens} per clip for {num_clips} clips in "
+                "pixel_values_videos"
+            )
         if num_clips:
             frame_mask = batch.get("video_frame_mask")
             if frame_mask is None:
@@ -287,39 +342,67 @@ class VideoChatBackbone(Backbone):
             counts = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
             counts.index_add_(0, clip_sample, frames_per_clip)
             visual, visual_mask = group_frames(patch_tokens, counts.tolist(), name="visual tokens")
-        out = self.llm(inputs_embeds=embeds, attention_mask=batch.get("attention_mask"),
-                       labels=batch.get("labels"), output_hidden_states=True, return_dict=True)
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=batch.get("attention_mask"),
+            labels=batch.get("labels"),
+            output_hidden_states=True,
+            return_dict=True,
+        )
         hidden = out.hidden_states[-1]
-        return BackboneOutput(loss=out.loss, logits=out.logits, hidden_states=hidden, visual=visual,
-                              visual_mask=visual_mask,
-                              visual_grid=self.vision.grid if visual is not None else None,
-                              tasks=self.gather_tasks(input_ids, hidden))
+        return BackboneOutput(
+            loss=out.loss,
+            logits=out.logits,
+            hidden_states=hidden,
+            visual=visual,
+            visual_mask=visual_mask,
+            visual_grid=self.vision.grid if visual is not None else None,
+            tasks=self.gather_tasks(input_ids, hidden),
+        )
 
     # ------------------------------------------------------------------ save / load
     def _connector_state(self) -> dict[str, Tensor]:
-        return {k: v.contiguous() for k, v in self.state_dict().items()
-                if not k.startswith(("llm.", "task_tokens."))}
+        return {
+            k: v.contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith(("llm.", "task_tokens."))
+        }
 
     def _save_model(self, directory: Path) -> dict:
         self.llm.save_pretrained(directory / "llm")
         self.processor.save_pretrained(directory / "processor")
         save_file(self._connector_state(), str(directory / CONNECTOR_WEIGHTS))
-        config = {"vision": self.vision.spec, "qformer": self.qformer_config.to_diff_dict(),
-                  "num_query_tokens": self.num_query_tokens, "max_frames": self.max_frames}
+        config = {
+            "vision": self.vision.spec,
+            "qformer": self.qformer_config.to_diff_dict(),
+            "num_query_tokens": self.num_query_tokens,
+            "max_frames": self.max_frames,
+        }
         (directory / MODEL_CONFIG).write_text(json.dumps(config, indent=2))
         return {}
 
     @classmethod
     def _load(cls, directory: Path, config: dict, **llm_kwargs) -> VideoChatBackbone:
         spec = json.loads((directory / MODEL_CONFIG).read_text())
-        qformer = {k: v for k, v in spec["qformer"].items() if k not in ("model_type", "transformers_version")}
-        backbone = cls(vision=spec["vision"], qformer=qformer,
-                       llm=AutoModelForCausalLM.from_pretrained(directory / "llm", **llm_kwargs),
-                       processor=VideoChatProcessor.from_pretrained(directory / "processor"),
-                       num_query_tokens=spec["num_query_tokens"], max_frames=spec["max_frames"])
-        missing, unexpected = backbone.load_state_dict(load_file(str(directory / CONNECTOR_WEIGHTS)),
-                                                       strict=False)
+        qformer = {
+            k: v
+            for k, v in spec["qformer"].items()
+            if k not in ("model_type", "transformers_version")
+        }
+        backbone = cls(
+            vision=spec["vision"],
+            qformer=qformer,
+            llm=AutoModelForCausalLM.from_pretrained(directory / "llm", **llm_kwargs),
+            processor=VideoChatProcessor.from_pretrained(directory / "processor"),
+            num_query_tokens=spec["num_query_tokens"],
+            max_frames=spec["max_frames"],
+        )
+        missing, unexpected = backbone.load_state_dict(
+            load_file(str(directory / CONNECTOR_WEIGHTS)), strict=False
+        )
         missing = [k for k in missing if not k.startswith(("llm.", "task_tokens."))]
         if missing or unexpected:
-            raise ValueError(f"{directory / CONNECTOR_WEIGHTS}: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"{directory / CONNECTOR_WEIGHTS}: missing {missing}, unexpected {unexpected}"
+            )
         return backbone
