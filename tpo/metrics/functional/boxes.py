@@ -11,6 +11,7 @@ by row.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,12 +28,13 @@ __all__ = [
     "NORM_PRECISION_THRESHOLDS",
 ]
 
+# Thresholds are NumPy's linspace values (torch's differ in the last bit at some points).
 #: IoU thresholds of the OTB/LaSOT success plot (strict ``iou > thr``).
-SUCCESS_THRESHOLDS = torch.linspace(0, 1, 21, dtype=torch.float64)
+SUCCESS_THRESHOLDS = torch.from_numpy(np.linspace(0, 1, 21))
 #: Centre-error thresholds of the precision plot, 0..50 px (``error <= thr``).
 PRECISION_THRESHOLDS = torch.arange(0, 51, dtype=torch.float64)
 #: Normalised centre-error thresholds (LaSOT), 0..0.5.
-NORM_PRECISION_THRESHOLDS = torch.linspace(0, 0.5, 51, dtype=torch.float64)
+NORM_PRECISION_THRESHOLDS = torch.from_numpy(np.linspace(0, 0.5, 51))
 
 
 def _check_pair(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
@@ -94,11 +96,16 @@ def _centers(rects: Tensor) -> Tensor:
     return rects[:, :2] + (rects[:, 2:] - 1) / 2
 
 
+def _norm(d: Tensor) -> Tensor:
+    """Row norms of ``(N, 2)``; NumPy's correctly rounded sqrt, bit-equal to the toolkit."""
+    return torch.from_numpy(np.sqrt(d.pow(2).sum(-1).cpu().numpy()))
+
+
 def center_error(pred_xywh: Tensor, gt_xywh: Tensor) -> Tensor:
     """Euclidean distance in px between box centres ``x + (w - 1) / 2`` -> ``(N,)``."""
     _check_pair(pred_xywh, gt_xywh, ("pred_xywh", "gt_xywh"))
     d = _centers(pred_xywh.to(torch.float64)) - _centers(gt_xywh.to(torch.float64))
-    return d.pow(2).sum(-1).sqrt()
+    return _norm(d)
 
 
 def normalized_center_error(pred_xywh: Tensor, gt_xywh: Tensor) -> Tensor:
@@ -106,7 +113,7 @@ def normalized_center_error(pred_xywh: Tensor, gt_xywh: Tensor) -> Tensor:
     _check_pair(pred_xywh, gt_xywh, ("pred_xywh", "gt_xywh"))
     gt = gt_xywh.to(torch.float64)
     d = (_centers(pred_xywh.to(torch.float64)) - _centers(gt)) / gt[:, 2:].clamp(min=1.0)
-    return d.pow(2).sum(-1).sqrt()
+    return _norm(d)
 
 
 def success_curve(pred_xywh: Tensor, gt_xywh: Tensor) -> Tensor:
