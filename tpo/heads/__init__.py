@@ -24,9 +24,14 @@ __all__ = [
     "TrackingPrediction",
 ]
 
-try:  # the sam2 package is an optional extra
-    from tpo.heads.sam2 import SAM2MaskHead
-except ImportError:  # pragma: no cover - depends on the environment
-    pass
-else:
-    __all__ += ["SAM2MaskHead"]
+
+def __getattr__(name: str):
+    """``SAM2MaskHead`` is imported on first use: it needs the optional ``sam2`` package,
+    whose import also initialises Hydra, so plain ``import tpo.heads`` never touches it."""
+    if name == "SAM2MaskHead":
+        try:
+            from tpo.heads.sam2 import SAM2MaskHead
+        except ImportError as error:
+            raise ImportError("SAM2MaskHead needs the optional 'sam2' package: pip install sam2") from error
+        return SAM2MaskHead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

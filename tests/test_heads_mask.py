@@ -1,0 +1,123 @@
+"""MaskHead and MaskCriterion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tpo.heads import MaskHead
+from tpo.losses import MaskCriterion
+from tpo.ops.masks import mask_iou
+
+D, C, B, T = 16, 12, 3, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _head(**kwargs) -> MaskHead:
+    return MaskHead(embed_dim=D, image_dim=C, hidden_dim=32, num_heads=4, mlp_dim=64, **kwargs)
+
+
+def _batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    task = torch.randn(B, D, generator=generator)
+    image = torch.randn(B, T, C, 4, 4, generator=generator)
+    masks = torch.zeros(B, T, 32, 32, dtype=torch.bool)
+    masks[0, :, 4:20, 8:24] = True
+    masks[1, 0, 10:30, 2:12] = True
+    masks[1, 1, 12:30, 4:14] = True
+    masks[2, :, 16:, 16:] = True
+    return task, image, {"masks": masks}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask_loss", ["focal", "bce"])
+def test_overfits_one_batch(mask_loss):
+    torch.manual_seed(0)
+    head = _head(mask_loss=mask_loss)
+    task, image, targets = _batch()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
+    for step in range(120):
+        total = sum(head.loss(head(task, image), targets).values())
+        if step == 0:
+            first = total.item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert total.item() <= 0.1 * first
+    predictions = head.postprocess(head(task, image), [{"image_size": (32, 32)}] * B)
+    masks = torch.stack([p.masks for p in predictions])
+    assert (mask_iou(masks, targets["masks"]) >= 0.9).all()
+    assert (torch.stack([p.scores for p in predictions]) > 0.8).all()
+
+
+def test_gradients_reach_task_embeddings_from_every_term():
+    torch.manual_seed(0)
+    head = _head()
+    task, image, targets = _batch()
+    task.requires_grad_(True)
+    losses = head.loss(head(task, image), targets)
+    assert set(losses) == {"loss_mask", "loss_dice", "loss_iou"}
+    for name, value in losses.items():
+        (grad,) = torch.autograd.grad(value, task, retain_graph=True)
+        assert grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_temporal_attention_links_frames(temporal):
+    torch.manual_seed(0)
+    head = _head(temporal_attention=temporal).eval()
+    task, image, _ = _batch()
+    other = image.clone()
+    other[:, 1] = torch.randn_like(other[:, 1])
+    changed = not torch.allclose(head(task, image).masks[:, 0], head(task, other).masks[:, 0])
+    assert changed == temporal
+
+
+def test_criterion_weights_and_iou_target():
+    logits = torch.full((1, 4, 4), -10.0)
+    logits[0, :2] = 10.0
+    target = torch.zeros(1, 4, 4, dtype=torch.bool)
+    target[0, :1] = True  # predicted 8 pixels, 4 correct -> IoU 0.5
+    focal = MaskCriterion()(logits, target, torch.tensor([0.5]))
+    assert focal["loss_iou"].item() == pytest.approx(0.0, abs=1e-12)
+    bce = MaskCriterion(mask_loss="bce")(logits, target, torch.tensor([1.0]))
+    assert bce["loss_iou"].item() == pytest.approx(0.25)
+    # every pixel costs log(1 + e^-10); the 4 wrong ones 10 more
+    expected = 2.0 * (4 * 10 + 16 * math.log1p(math.exp(-10))) / 16
+    assert bce["loss_mask"].item() == pytest.approx(expected, rel=1e-5)
+    assert bce["loss_dice"].item() == pytest.approx(0.5 * (1 - 9 / 13), rel=1e-3)
+
+
+def test_bad_input_raises():
+    head = _head()
+    task, image, targets = _batch()
+    output = head(task, image)
+    with pytest.raises(ValueError, match=r"targets\['masks'\]: size 32x48 does not have"):
+        head.loss(output, {"masks": torch.zeros(B, T, 32, 48, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"targets\['masks'\]: expected"):
+        head.loss(output, {"masks": targets["masks"][:, :1]})
+    with pytest.raises(ValueError, match="image"):
+        head(task, image[:, 0])
+    with pytest.raises(ValueError, match="mask_loss"):
+        MaskCriterion(mask_loss="l2")
+
+
+def test_bf16_autocast():
+    head = _head()
+    task, image, targets = _batch()
+    task.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = head(task, image)
+        total = sum(head.loss(output, targets).values())
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(task.grad).all()
+    assert head.postprocess(output, [{"image_size": (20, 20)}] * B)[0].masks.shape == (T, 20, 20)

@@ -1,0 +1,216 @@
+"""TemporalGroundingHead and its criterion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tpo.heads import TemporalGroundingHead, TemporalGroundingOutput
+from tpo.losses import TemporalGroundingCriterion, saliency_from_spans
+from tpo.ops.spans import span_cxw_to_se, temporal_iou
+
+D, DV, T = 16, 12, 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _head(**kwargs) -> TemporalGroundingHead:
+    options = dict(
+        embed_dim=D,
+        video_dim=DV,
+        num_queries=5,
+        hidden_dim=32,
+        num_heads=4,
+        dim_feedforward=64,
+        dropout=0.0,
+    )
+    options.update(kwargs)
+    return TemporalGroundingHead(**options)
+
+
+def _batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    task = torch.randn(4, D, generator=generator)
+    video = torch.randn(4, T, DV, generator=generator)
+    mask = torch.ones(4, T, dtype=torch.bool)
+    mask[2, 9:] = False
+    targets = [
+        {"spans": torch.tensor([[0.3, 0.2]])},
+        {"spans": torch.tensor([[0.2, 0.1], [0.7, 0.3]])},
+        {"spans": torch.zeros(0, 2)},
+        {"spans": torch.tensor([[0.5, 0.4]]), "saliency": torch.linspace(0, 1, T)},
+    ]
+    return task, video, mask, targets
+
+
+@pytest.mark.slow
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    head = _head()
+    task, video, mask, targets = _batch()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=2e-3, foreach=True)
+    for step in range(250):
+        total = sum(head.loss(head(task, video, mask), targets).values())
+        if step == 0:
+            first = total.item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert total.item() <= 0.1 * first
+    head.eval()
+    predictions = head.postprocess(head(task, video, mask), [{"duration": 30.0}] * 4)
+    for prediction, target in zip(predictions, targets, strict=True):
+        gt = span_cxw_to_se(target["spans"]) * 30.0
+        top = prediction.windows[: len(gt)]
+        if len(gt) == 0:
+            assert prediction.windows[0, 2] < 0.5
+            continue
+        assert (top[:, 2] > 0.5).all()
+        assert (temporal_iou(gt, top[:, :2]).max(1).values >= 0.9).all()
+    assert prediction.saliency.argmax() == T - 1
+
+
+def test_gradients_reach_task_embeddings_from_every_term():
+    torch.manual_seed(0)
+    head = _head()
+    task, video, mask, targets = _batch()
+    task.requires_grad_(True)
+    losses = head.loss(head(task, video, mask), targets)
+    assert {"loss_span", "loss_giou", "loss_label", "loss_saliency", "loss_span_0"} <= set(losses)
+    for name, value in losses.items():
+        (grad,) = torch.autograd.grad(value, task, retain_graph=True)
+        assert grad.abs().sum() > 0, name
+
+
+def test_padding_does_not_change_valid_outputs():
+    torch.manual_seed(0)
+    head = _head().eval()
+    task, video, mask, _ = _batch()
+    noisy = video.clone()
+    noisy[2, 9:] = torch.randn(T - 9, DV) * 100
+    a, b = head(task, video, mask), head(task, noisy, mask)
+    torch.testing.assert_close(a.spans, b.spans)
+    torch.testing.assert_close(a.saliency[mask], b.saliency[mask])
+
+
+def test_label_loss_equals_two_class_cross_entropy():
+    torch.manual_seed(0)
+    criterion = TemporalGroundingCriterion()
+    logits = torch.randn(4, 5)
+    spans = torch.rand(4, 5, 2) * 0.3 + 0.2
+    _, _, mask, targets = _batch()
+    output = TemporalGroundingOutput(spans, logits, torch.zeros(4, T), mask)
+    got = criterion(output, targets)["loss_label"] / criterion.weight_label
+    classes = torch.ones(4, 5, dtype=torch.long)  # 1 = no object
+    for b, (rows, _) in enumerate(criterion.matcher(logits, spans, targets)):
+        classes[b, rows] = 0
+    two_class = torch.stack((logits, torch.zeros_like(logits)), dim=1)  # (B, 2, Q)
+    reference = F.cross_entropy(two_class, classes, weight=torch.tensor([1.0, 0.1]))
+    torch.testing.assert_close(got, reference)
+
+
+def test_saliency_loss_against_loop():
+    torch.manual_seed(0)
+    criterion = TemporalGroundingCriterion(saliency_margin=0.2)
+    scores = torch.randn(2, 5)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    labels = [torch.tensor([0.0, 2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 0.0, 0.0, 5.0, 5.0])]
+    targets = [{"spans": torch.zeros(0, 2), "saliency": s} for s in labels]
+    per_sample = []
+    for b in range(2):
+        terms = [
+            max(0.0, 0.2 - (scores[b, i] - scores[b, j]).item())
+            for i in range(5)
+            for j in range(5)
+            if mask[b, i] and mask[b, j] and labels[b][i] > labels[b][j]
+        ]
+        per_sample.append(sum(terms) / len(terms))
+    got = criterion.saliency_loss(scores, mask, targets)
+    assert got.item() == pytest.approx(sum(per_sample) / 2, rel=1e-6)
+
+
+def test_saliency_from_spans_hand_computed():
+    span = torch.tensor([[0.375, 0.25]])  # [0.25, 0.5]
+    full = torch.ones(4, dtype=torch.bool)
+    assert saliency_from_spans(span, full).tolist() == [0.0, 1.0, 0.0, 0.0]
+    half = torch.tensor([True, True, False, False])  # clip centers 0.25, 0.75
+    assert saliency_from_spans(span, half).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_no_targets_only_label_term_is_nonzero():
+    torch.manual_seed(0)
+    head = _head()
+    task, video, mask, _ = _batch()
+    empty = [{"spans": torch.zeros(0, 2)} for _ in range(4)]
+    losses = head.loss(head(task, video, mask), empty)
+    assert losses["loss_span"].item() == 0 and losses["loss_giou"].item() == 0
+    assert losses["loss_saliency"].item() == 0
+    assert losses["loss_label"].item() > 0
+
+
+def test_postprocess_seconds_sorted_clamped_and_nms():
+    spans = torch.tensor([[[0.5, 0.2], [0.95, 0.2], [0.52, 0.2]]])
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    output = TemporalGroundingOutput(spans, logits, torch.zeros(1, 4), torch.ones(1, 4, dtype=bool))
+    (prediction,) = _head().postprocess(output, [{"duration": 10.0}])
+    expected = [[8.5, 10.0], [4.0, 6.0], [4.2, 6.2]]  # 8.5..10.5 clamped to the duration
+    torch.testing.assert_close(prediction.windows[:, :2], torch.tensor(expected))
+    assert prediction.windows[:, 2].tolist() == sorted(prediction.windows[:, 2].tolist())[::-1]
+    (nms,) = _head(nms_threshold=0.5).postprocess(output, [{"duration": 10.0}])
+    torch.testing.assert_close(nms.windows[:, :2], torch.tensor(expected[:2]))
+
+
+@pytest.mark.parametrize(
+    ("spans", "message"),
+    [
+        (torch.tensor([[0.5, -0.2]]), r"targets\[1\]\['spans'\]: span 0 has start"),
+        (torch.tensor([[0.9, 0.4]]), r"targets\[1\]\['spans'\]: span 0 .* outside"),
+    ],
+)
+def test_bad_targets_raise(spans, message):
+    head = _head()
+    task, video, mask, targets = _batch()
+    targets[1] = {"spans": spans}
+    with pytest.raises(ValueError, match=message):
+        head.loss(head(task, video, mask), targets)
+
+
+def test_bad_inputs_raise():
+    head = _head()
+    task, video, mask, targets = _batch()
+    with pytest.raises(ValueError, match="video"):
+        head(task, video[:3], mask)
+    with pytest.raises(ValueError, match="video_mask"):
+        head(task, video, mask[:, :5])
+    targets[3]["saliency"] = torch.zeros(T + 1)
+    with pytest.raises(ValueError, match=r"targets\[3\]\['saliency'\]"):
+        head.loss(head(task, video, mask), targets)
+    with pytest.raises(ValueError, match=r"meta\[0\]"):
+        head.postprocess(head(task, video, mask), [{}])
+
+
+def test_bf16_autocast():
+    torch.manual_seed(0)
+    head = _head()
+    task, video, mask, targets = _batch()
+    task.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = head(task, video, mask)
+        total = sum(head.loss(output, targets).values())
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(task.grad).all()
+    assert len(head.postprocess(output, [{"duration": 5.0}] * 4)) == 4
+
+
+def test_accepts_per_frame_tokens():
+    head = _head()
+    task, video, mask, _ = _batch()
+    tokens = video[:, :, None].expand(-1, -1, 3, -1)
+    torch.testing.assert_close(head.eval()(task, tokens, mask).spans, head(task, video, mask).spans)

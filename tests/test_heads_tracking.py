@@ -1,0 +1,135 @@
+"""TrackingHead and TrackingCriterion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tpo.heads import TrackingHead, TrackingOutput
+from tpo.ops.boxes import box_iou_elementwise, box_xywh_to_xyxy, boxes_to_pixels
+
+D, DV, B, T, N = 16, 12, 3, 4, 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _head() -> TrackingHead:
+    return TrackingHead(embed_dim=D, visual_dim=DV, hidden_dim=32, num_heads=4, dim_feedforward=64)
+
+
+def _batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    task = torch.randn(B, D, generator=generator)
+    frames = torch.randn(B, T, N, DV, generator=generator)
+    centers = torch.linspace(0.2, 0.7, T)
+    boxes = torch.stack(
+        [
+            torch.stack(
+                (
+                    centers,
+                    torch.full((T,), 0.4 + 0.1 * b),
+                    torch.full((T,), 0.2 + 0.05 * b),
+                    torch.full((T,), 0.3),
+                ),
+                -1,
+            )
+            for b in range(B)
+        ]
+    )
+    visible = torch.ones(B, T, dtype=torch.bool)
+    visible[1, 2] = False
+    return task, frames, {"boxes": boxes, "visible": visible}
+
+
+@pytest.mark.slow
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    head = _head()
+    task, frames, targets = _batch()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
+    for step in range(250):
+        total = sum(head.loss(head(task, frames), targets).values())
+        if step == 0:
+            first = total.item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert total.item() <= 0.1 * first
+    size = (90, 160)
+    predictions = head.postprocess(head(task, frames), [{"image_size": size}] * B)
+    for b, prediction in enumerate(predictions):
+        assert prediction.visible.tolist() == targets["visible"][b].tolist()
+        iou = box_iou_elementwise(
+            box_xywh_to_xyxy(prediction.boxes_xywh), boxes_to_pixels(targets["boxes"][b], size)
+        )
+        assert (iou[targets["visible"][b]] >= 0.9).all()
+
+
+def test_invisible_frames_do_not_enter_box_terms():
+    torch.manual_seed(0)
+    head = _head()
+    task, frames, targets = _batch()
+    output = head(task, frames)
+    moved = {"boxes": targets["boxes"].clone(), "visible": targets["visible"]}
+    moved["boxes"][1, 2] = torch.tensor([0.9, 0.9, 0.1, 0.1])
+    a, b = head.loss(output, targets), head.loss(output, moved)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+
+
+def test_gradients_reach_task_embeddings_from_every_term():
+    torch.manual_seed(0)
+    head = _head()
+    task, frames, targets = _batch()
+    task.requires_grad_(True)
+    losses = head.loss(head(task, frames), targets)
+    assert set(losses) == {"loss_bbox", "loss_giou", "loss_visible"}
+    for name, value in losses.items():
+        (grad,) = torch.autograd.grad(value, task, retain_graph=True)
+        assert grad.abs().sum() > 0, name
+
+
+def test_postprocess_xywh_pixels():
+    output = TrackingOutput(
+        boxes=torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]]]),
+        visible=torch.tensor([[2.0, -2.0]]),
+    )
+    (prediction,) = _head().postprocess(output, [{"image_size": (100, 200)}])
+    expected = torch.tensor([[50.0, 25.0, 100.0, 50.0], [0.0, 0.0, 100.0, 50.0]])
+    torch.testing.assert_close(prediction.boxes_xywh, expected)
+    assert prediction.visible.tolist() == [True, False]
+
+
+def test_bad_input_raises():
+    head = _head()
+    task, frames, targets = _batch()
+    output = head(task, frames)
+    bad = {"boxes": targets["boxes"].clone(), "visible": targets["visible"]}
+    bad["boxes"][2, 3, 2] = 0.0  # zero width on a visible frame
+    with pytest.raises(ValueError, match=r"targets\['boxes'\]: box at sample 2"):
+        head.loss(output, bad)
+    hidden = {"boxes": bad["boxes"], "visible": targets["visible"].clone()}
+    hidden["visible"][2, 3] = False  # the same box on an invisible frame is ignored
+    head.loss(output, hidden)
+    with pytest.raises(ValueError, match=r"targets\['visible'\]"):
+        head.loss(output, {"boxes": targets["boxes"], "visible": targets["visible"][:, :2]})
+    with pytest.raises(ValueError, match="frames"):
+        head(task, frames[:, :, 0])
+
+
+def test_bf16_autocast():
+    head = _head()
+    task, frames, targets = _batch()
+    task.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = head(task, frames)
+        total = sum(head.loss(output, targets).values())
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(task.grad).all()
+    assert len(head.postprocess(output, [{"image_size": (8, 8)}] * B)) == B

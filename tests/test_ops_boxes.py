@@ -1,0 +1,86 @@
+"""tpo.ops.boxes: conversions, element-wise IoU/GIoU, pixel conversion, target checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tpo.ops.boxes import (
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_iou_elementwise,
+    box_xywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    box_xyxy_to_xywh,
+    boxes_to_pixels,
+    check_normalized_boxes,
+    generalized_box_iou,
+    generalized_box_iou_elementwise,
+)
+
+
+def _xyxy(draw_pair):
+    (x1, x2), (y1, y2) = draw_pair
+    return [min(x1, x2), min(y1, y2), max(x1, x2) + 1e-3, max(y1, y2) + 1e-3]
+
+
+box_st = st.tuples(
+    st.tuples(st.floats(0, 1), st.floats(0, 1)), st.tuples(st.floats(0, 1), st.floats(0, 1))
+).map(_xyxy)
+boxes_st = st.lists(box_st, min_size=1, max_size=5).map(lambda rows: torch.tensor(rows, dtype=torch.float64))
+
+
+def test_conversions_hand_computed():
+    cxcywh = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    xyxy = torch.tensor([[0.4, 0.3, 0.6, 0.7]])
+    torch.testing.assert_close(box_cxcywh_to_xyxy(cxcywh), xyxy)
+    torch.testing.assert_close(box_xyxy_to_cxcywh(xyxy), cxcywh)
+    torch.testing.assert_close(box_xyxy_to_xywh(xyxy), torch.tensor([[0.4, 0.3, 0.2, 0.4]]))
+    torch.testing.assert_close(box_xywh_to_xyxy(torch.tensor([[0.4, 0.3, 0.2, 0.4]])), xyxy)
+
+
+def test_elementwise_iou_hand_computed():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [2.0, 0.0, 3.0, 1.0]])
+    torch.testing.assert_close(box_iou_elementwise(a, b), torch.tensor([1 / 7, 0.0]))
+    # hulls: 3x3 = 9 with union 7; 3x1 = 3 with union 2
+    torch.testing.assert_close(generalized_box_iou_elementwise(a, b), torch.tensor([1 / 7 - 2 / 9, -1 / 3]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(boxes_st, boxes_st)
+def test_elementwise_matches_pairwise_and_properties(a, b):
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    iou = box_iou_elementwise(a, b)
+    giou = generalized_box_iou_elementwise(a, b)
+    torch.testing.assert_close(iou, box_iou(a, b).diagonal())
+    torch.testing.assert_close(giou, generalized_box_iou(a, b).diagonal())
+    torch.testing.assert_close(iou, box_iou_elementwise(b, a))
+    assert ((iou >= 0) & (iou <= 1 + 1e-9)).all() and (giou <= iou + 1e-9).all()
+    torch.testing.assert_close(box_xyxy_to_cxcywh(box_cxcywh_to_xyxy(a)), a)
+
+
+def test_boxes_to_pixels_hand_computed():
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.05, 0.5, 0.2, 0.2]])
+    xyxy = boxes_to_pixels(boxes, (100, 200))
+    torch.testing.assert_close(xyxy, torch.tensor([[50.0, 25.0, 150.0, 75.0], [0.0, 40.0, 30.0, 60.0]]))
+    xywh = boxes_to_pixels(boxes, (100, 200), fmt="xywh")
+    torch.testing.assert_close(xywh[0], torch.tensor([50.0, 25.0, 100.0, 50.0]))
+
+
+def test_check_normalized_boxes():
+    good = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]])
+    check_normalized_boxes(good, "targets['boxes']")
+    bad = good.clone()
+    bad[1, 2] = 0.0
+    with pytest.raises(ValueError, match=r"targets\['boxes'\]: box at sample 1"):
+        check_normalized_boxes(bad, "targets['boxes']")
+    outside = good.clone()
+    outside[0, 0] = 0.95
+    with pytest.raises(ValueError, match="sample 0"):
+        check_normalized_boxes(outside, "targets['boxes']")
+    # boxes flagged invalid are not checked
+    check_normalized_boxes(bad, "targets['boxes']", valid=torch.tensor([True, False]))
