@@ -12,7 +12,8 @@ Batch (``B`` samples, ``L`` tokens):
 - ``track_boxes (K, 4)`` normalised cxcywh, one per input-box token in row-major order of
   (sample, position);
 - ``targets``: ``{task: {...}}``, each with ``sample_index (n,)`` long:
-  temporal ``spans`` (list of ``(m, 2)`` cxw) and ``saliency (n, T)``;
+  temporal ``spans`` (list of ``(m, 2)`` cxw), ``saliency (n, T)`` and ``per_sample`` (the same
+  as ``n`` dicts ``{"spans", "saliency"}``, the form ``TemporalGroundingHead.loss`` takes);
   box ``boxes (n, 4)`` cxcywh; track ``boxes (n, T, 4)`` cxcywh and ``visible (n, T)`` bool;
   mask ``masks (n, T, H, W)`` bool;
 - ``meta``: one dict per sample (``id``, ``task``, ``duration`` s, ``frame_size`` (H, W) px,
@@ -64,11 +65,15 @@ class TaskCollator:
         padding_side: ``"left"`` / ``"right"`` to override the tokenizer's side while collating.
         generation: leave the last answer out and end the text with the assistant prefix (for
             generation; labels are then all -100).
+        images_as_videos: give images to the processor as still videos (the image repeated to
+            the batch's longest video, one frame without videos; the ``<image>`` marker becomes
+            the video marker), for backbones whose image and video paths yield different token
+            counts per frame and so cannot share a batch.
     """
 
     def __init__(self, *, processor, tokenizer=None, chat: ChatFormat | None = None,
                  add_eos: bool = True, padding_side: str | None = None,
-                 generation: bool = False) -> None:
+                 generation: bool = False, images_as_videos: bool = False) -> None:
         if chat is not None and chat.assistant.endswith(" "):
             raise ValueError("chat.assistant must not end with a space (the answer starts with "
                              "one)")
@@ -81,6 +86,7 @@ class TaskCollator:
         self.add_eos = add_eos
         self.padding_side = padding_side
         self.generation = generation
+        self.images_as_videos = images_as_videos
 
     @classmethod
     def from_backbone(cls, backbone, **kwargs) -> TaskCollator:
@@ -88,6 +94,14 @@ class TaskCollator:
         return cls(processor=backbone.processor, tokenizer=backbone.tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ text
+    @staticmethod
+    def _as_video(item: dict, num_frames: int) -> dict:
+        if item.get("image") is None:
+            return item
+        turns = [(u.replace(IMAGE_MARKER, VIDEO_MARKER), a) for u, a in item["turns"]]
+        video = np.repeat(np.asarray(item["image"])[None], num_frames, axis=0)
+        return {**item, "image": None, "video": video, "turns": turns}
+
     def _segments(self, item: dict) -> list[tuple[str, bool]]:
         """``(text, is_answer)`` pieces of one item's conversation."""
         marker = (VIDEO_MARKER if item.get("video") is not None
@@ -156,6 +170,10 @@ class TaskCollator:
         if not items:
             raise ValueError("collate: no items")
         texts, images, videos, located = [], [], [], []
+        if self.images_as_videos:
+            frames = max((len(it["video"]) for it in items if it.get("video") is not None),
+                         default=1)
+            items = [self._as_video(item, frames) for item in items]
         for item in items:
             pieces = self._segments(item)
             texts.append("".join(text for text, _ in pieces))
@@ -222,5 +240,8 @@ class TaskCollator:
                                      f"{[items[b].get('id') for b in index]} have shapes "
                                      f"{sorted(shapes)}; resize them to one size (frame_size)")
                 entry[key] = _to_tensor(np.stack(values))
+            if task == "temporal":
+                entry["per_sample"] = [{key: entry[key][k] for key in rows[0]}
+                                       for k in range(len(index))]
             out[task] = entry
         return out

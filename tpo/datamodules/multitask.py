@@ -127,6 +127,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             ``collator`` is given, the trainer's ``lightning_module.backbone`` is used.
         collator: a ready :class:`TaskCollator` instead of one built from the backbone.
         chat: the chat format of a collator built here.
+        collator_options: more keyword arguments of a collator built here (e.g.
+            ``{"images_as_videos": True}``, ``{"padding_side": "left"}``).
 
     Samples skipped on load errors (datasets with ``on_error="skip"``) are counted in
     :attr:`num_skipped` and logged as batches arrive.
@@ -137,7 +139,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                  weights: Mapping[str, float] | None = None, batch_size: int = 8,
                  num_workers: int = 0, samples_per_epoch: int | None = None, seed: int = 0,
                  backbone=None, collator: TaskCollator | None = None,
-                 chat: ChatFormat | None = None) -> None:
+                 chat: ChatFormat | None = None,
+                 collator_options: Mapping | None = None) -> None:
         super().__init__()
         self.train_set = MultiTaskDataset(train)
         self.val_set = MultiTaskDataset(val) if val else None
@@ -150,6 +153,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self.backbone, self._collator, self.chat = backbone, collator, chat
+        self.collator_options = dict(collator_options or {})
         self.num_skipped = 0
         self.skipped: list[str] = []
 
@@ -200,7 +204,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             if backbone is None:
                 raise ValueError("MultiTaskDataModule: no collator; pass backbone= or collator=, "
                                  "or attach to a trainer whose module has .backbone")
-            self._collator = TaskCollator.from_backbone(backbone, chat=self.chat)
+            self._collator = TaskCollator.from_backbone(backbone, chat=self.chat,
+                                                        **self.collator_options)
         return self._collator
 
     def _rank_world(self) -> tuple[int | None, int | None]:
