@@ -341,8 +341,8 @@ class ModalityAdaptive:
         """``context_fn`` for non-reentrant gradient checkpointing: the recomputation in backward
         sees the modalities of the original forward.
 
-        Use ``model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant":
-        False, "context_fn": ma.checkpoint_context})``.
+        Use ``model.activation_checkpointing_enable({"use_reentrant": False, "context_fn":
+        ma.checkpoint_context})`` (transformers >= 5; ``gradient_checkpointing_kwargs`` before).
         """
         routing = self._state.routing
 
