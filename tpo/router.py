@@ -91,12 +91,14 @@ class ParsedOutput:
 
     Attributes:
         text: the answer outside its task calls (task tokens removed), stripped; for an answer
-            with errors, the whole answer without task tokens.
+            with errors, :attr:`plain`.
+        plain: the whole answer without its task tokens, stripped (what a text fallback shows).
         calls: the well-formed task calls, in order.
         errors: why the answer is malformed (empty when it is not).
     """
 
     text: str
+    plain: str
     calls: list[TaskCall] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -108,7 +110,8 @@ class RouteResult:
     Attributes:
         index: the sample's index in the batch.
         route: ``"latent"`` (a head), ``"symbolic"`` (an expert) or ``"text"``.
-        text: the answer's text (see :attr:`ParsedOutput.text`).
+        text: for a routed call, the answer outside the call (:attr:`ParsedOutput.text`); for
+            text, the whole answer without task tokens (:attr:`ParsedOutput.plain`).
         call: the dispatched call, ``None`` for text.
         output: the target's output for this sample (a head's batched output indexed at the
             sample: tensors lose their batch dimension), ``None`` for text.
@@ -314,9 +317,10 @@ class TaskRouter:
             errors.append(f"{open_[0].begin_token} not closed by {open_[0].placeholder_token}")
         else:
             outside.append(text[cursor:])
+        plain = pattern.sub("", text).strip()
         if errors:
-            return ParsedOutput(text=pattern.sub("", text).strip(), calls=calls, errors=errors)
-        return ParsedOutput(text="".join(outside).strip(), calls=calls)
+            return ParsedOutput(text=plain, plain=plain, calls=calls, errors=errors)
+        return ParsedOutput(text="".join(outside).strip(), plain=plain, calls=calls)
 
     def _parse_call(self, spec: TaskSpec, body: str, errors: list[str],
                     position: int | None) -> TaskCall | None:
@@ -369,7 +373,7 @@ class TaskRouter:
             if call is None:
                 if reason:
                     warnings.warn(f"sample {i}: {reason}; routed to text", RouterWarning, stacklevel=2)
-                results.append(RouteResult(i, "text", out.text))
+                results.append(RouteResult(i, "text", out.plain))
                 continue
             results.append(RouteResult(i, self._targets[call.task].route, out.text, call))
             plan.setdefault(call.task, []).append(i)
