@@ -83,7 +83,9 @@ def _plain_with_branch(original, wrapped, way: int):
     with torch.no_grad():
         for dst, src in zip(_layers(plain), _layers(wrapped), strict=True):
             for attr in ("input_layernorm", "post_attention_layernorm"):
-                getattr(dst, attr).load_state_dict(getattr(src, attr).branches[way].state_dict())
+                norm = getattr(src, attr)
+                branch = norm if way == 0 else norm.branches[str(way)]
+                getattr(dst, attr).weight.copy_(branch.weight)
             for attr in ("k_proj", "v_proj"):
                 proj = getattr(src.self_attn, attr)
                 branch = proj if way == 0 else proj.branches[str(way)]
@@ -355,3 +357,21 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="batch of 2"):
         with ma.indicators(mixed), torch.no_grad():
             model(input_ids=torch.cat([ids, ids[:1]]))
+
+
+def test_text_branch_keeps_the_original_state_dict_keys():
+    original = _build("qwen2")
+    model = _build("qwen2", seed=5)
+    ma = ModalityAdaptive.wrap(model)
+    missing, unexpected = model.load_state_dict(original.state_dict(), strict=False)
+    assert unexpected == []
+    assert set(missing) == {n for n, _ in ma.named_branch_parameters(1)}
+    ids, mixed = _mixed_batch()
+    model.double()
+    original.double()
+    with torch.no_grad():
+        expected = original(input_ids=ids).logits
+        assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-10)
+        # the visual branch kept its own (seed-5) initialisation
+        with ma.indicators(mixed):
+            assert not torch.allclose(model(input_ids=ids).logits, expected, atol=1e-3)

@@ -5,10 +5,12 @@ layer while the query, output projection and MLP stay shared. :meth:`ModalityAda
 does this in place on a LLaMA / Mistral / Qwen2 model (a ``*ForCausalLM``, its base model, or a
 LLaVA-family model whose language model is one of these):
 
-- ``input_layernorm`` and ``post_attention_layernorm`` become :class:`ModalityNorm` (one copy of
-  the original norm per modality, branch 0 is the original module);
-- ``self_attn.k_proj`` and ``self_attn.v_proj`` become :class:`ModalityLinear` (an ``nn.Linear``
-  whose own weight is the text branch, so PEFT LoRA can still target ``k_proj`` / ``v_proj``).
+- ``input_layernorm`` and ``post_attention_layernorm`` become :class:`ModalityNorm`;
+- ``self_attn.k_proj`` and ``self_attn.v_proj`` become :class:`ModalityLinear` (still an
+  ``nn.Linear``, so PEFT LoRA can target ``k_proj`` / ``v_proj`` after wrapping).
+
+In both the original parameters keep their names as the text branch (modality 0) and modality
+``m`` lives under ``<module>.branches.<m>``, initialised as a copy of the original.
 
 No transformers class or layer signature changes. The replaced modules read the modality of
 each token from the handle: a forward pre-hook on the decoder stack's parent records, for every
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 __all__ = ["ModalityAdaptive", "ModalityLinear", "ModalityNorm", "visual_indicators"]
 
@@ -133,22 +136,41 @@ class _State:
 class ModalityNorm(nn.Module):
     """Per-modality copies of a layer norm: ``(B, S, D) -> (B, S, D)``.
 
+    The original norm's parameters stay where they were (``input_layernorm.weight``) as the text
+    branch (modality 0) and it still computes that branch; ``branches[str(m)]`` is a deep copy for
+    modality ``m >= 1``. So a wrapped model's text branch loads from, and saves to, the same keys
+    as the unwrapped model.
+
     Args:
-        original: the norm to replace; it becomes branch 0 (text), the others are deep copies.
+        original: the norm to replace (a module without submodules, e.g. ``LlamaRMSNorm``).
         num_modalities: number of branches.
     """
 
     def __init__(self, original: nn.Module, *, num_modalities: int, state: _State) -> None:
+        if next(original.children(), None) is not None:
+            raise ValueError(f"{type(original).__name__}: expected a layer norm without submodules")
         super().__init__()
-        self.branches = nn.ModuleList([original] + [copy.deepcopy(original)
-                                                   for _ in range(num_modalities - 1)])
+        for name, param in original.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in original.named_buffers(recurse=False):
+            self.register_buffer(name, buffer)
+        self.branches = nn.ModuleDict({str(m): copy.deepcopy(original) for m in range(1, num_modalities)})
+        object.__setattr__(self, "_template", original)  # not a submodule: only its forward is used
         self._state = state
 
+    def _text(self, x: Tensor) -> Tensor:
+        tensors = dict(self.named_parameters(recurse=False))
+        tensors.update(self.named_buffers(recurse=False))
+        return functional_call(self._template, tensors, (x,))
+
     def forward(self, hidden_states: Tensor) -> Tensor:
-        return _route(self._state.routing_for(hidden_states), hidden_states, list(self.branches))
+        branches = [self._text, *self.branches.values()]
+        return _route(self._state.routing_for(hidden_states), hidden_states, branches)
 
     def branch_parameters(self, way: int) -> list[nn.Parameter]:
-        return list(self.branches[way].parameters())
+        if way == 0:
+            return list(self.parameters(recurse=False))
+        return list(self.branches[str(way)].parameters())
 
 
 class ModalityLinear(nn.Linear):
