@@ -375,3 +375,15 @@ def test_text_branch_keeps_the_original_state_dict_keys():
         # the visual branch kept its own (seed-5) initialisation
         with ma.indicators(mixed):
             assert not torch.allclose(model(input_ids=ids).logits, expected, atol=1e-3)
+
+
+def test_gradient_checkpointing_without_the_context_raises():
+    model = _build("llama")
+    ma = ModalityAdaptive.wrap(model)
+    model.train()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    ids, mixed = _mixed_batch()
+    with ma.indicators(mixed):
+        loss = model(input_ids=ids, labels=ids).loss
+    with pytest.raises(RuntimeError, match="checkpoint_context"):
+        loss.backward()

@@ -86,6 +86,12 @@ def _route(routing: _Routing, x: Tensor, branches: Sequence[Callable[[Tensor], T
     return out
 
 
+def _in_backward() -> bool:
+    """Whether the autograd engine is running a backward pass on this thread."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
 class _State:
     """Indicators shared by the handle and the replaced modules (not an ``nn.Module``)."""
 
@@ -96,9 +102,18 @@ class _State:
         self.routing: _Routing | None = None
 
     def routing_for(self, x: Tensor) -> _Routing:
-        """The routing of the current forward, or one from the indicators at offset 0 outside."""
+        """The routing of the current forward, or one from the indicators at offset 0 outside.
+
+        Raises:
+            RuntimeError: called during a backward pass (a checkpointed layer recomputed without
+                :meth:`ModalityAdaptive.checkpoint_context`, which would lose the modalities).
+        """
         if self.routing is not None:
             return self.routing
+        if _in_backward():
+            raise RuntimeError("a modality-adaptive layer is recomputed in backward without its "
+                               "modalities: enable checkpointing with context_fn="
+                               "ma.checkpoint_context (see ModalityAdaptive.checkpoint_context)")
         return self.make_routing(x.shape[0], x.shape[1], offset=0, device=x.device)
 
     def make_routing(self, batch: int, length: int, *, offset: int, device: torch.device) -> _Routing:
