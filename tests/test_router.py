@@ -302,3 +302,13 @@ def test_registering_a_task_adds_tokens_without_touching_others(tokenizer, isola
     ids = torch.tensor(tokenizer("<edit_begin>blue sky<edit>", add_special_tokens=False).input_ids)
     (result,) = router.route(sequences=ids[None])
     assert (result.route, result.output) == ("symbolic", "blue sky")
+
+
+def test_an_answer_with_two_calls_goes_to_the_first_only():
+    seen = []
+    router = TaskRouter(targets={"box": ExpertTarget(lambda call: seen.append(call.task)),
+                                 "mask": ExpertTarget(lambda call: seen.append(call.task))})
+    with pytest.warns(RouterWarning, match="2 task calls"):
+        (result,) = router.route(texts=["<seg_begin>dog<seg> and <box_begin>cat<boxes>"])
+    assert seen == ["mask"]
+    assert (result.route, result.call.task, result.text) == ("symbolic", "mask", "and")
