@@ -267,10 +267,18 @@ def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size
                     vid=vid, query=f"When is the {obj.name} visible?",
                     windows=[[frames_on[0] / fps, (frames_on[-1] + 1) / fps]], duration=duration,
                     qid=f"{vid}_{k}", saliency=saliency, clip_len=1.0 / fps))
+            # mask: every object, one expression each (its JPEG frames are linked, not encoded
+            # again, by the box and tracking layouts)
+            names = refytvos.write_video(os.path.join(root, "refytvos"), split, vid, frames,
+                                         labels)
+            meta[vid] = (names, {str(k): (f"the {o.name} moving {o.direction}", k + 1)
+                                 for k, o in enumerate(objects)})
+            jpegs = [os.path.join(root, "refytvos", split, "JPEGImages", vid, f"{n}.jpg")
+                     for n in names]
             # box: the frame where the first object is largest
             t_box = int(np.argmax(areas[0]))
             image = os.path.join(root, "images", f"{vid}.jpg")
-            write_frames(os.path.dirname(image), frames[t_box:t_box + 1], [f"{vid}.jpg"])
+            write_frames(os.path.dirname(image), jpegs[t_box:t_box + 1], [f"{vid}.jpg"])
             x, y, w, h = _bbox_xywh(labels[t_box] == 1)
             refs.append(RefSample(image=image, expression=f"the {objects[0].name}",
                                   box_xyxy=[x, y, x + w, y + h], image_size=(size, size),
@@ -281,17 +289,12 @@ def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size
             boxes = np.stack([_bbox_xywh(labels[t] == 1) if visible0[t] else np.zeros(4)
                               for t in range(t0, num_frames)])
             if track_format == "got10k":
-                got10k.write(os.path.join(root, "got10k"), split, vid, frames[t0:], boxes,
+                got10k.write(os.path.join(root, "got10k"), split, vid, jpegs[t0:], boxes,
                              visible0[t0:], category=objects[0].shape)
             else:
                 lasot.write(os.path.join(root, "lasot", split), f"{objects[0].shape}-{i}",
-                            frames[t0:], boxes, visible0[t0:],
+                            jpegs[t0:], boxes, visible0[t0:],
                             description=f"the {objects[0].name} moving {objects[0].direction}")
-            # mask: every object, one expression each
-            names = refytvos.write_video(os.path.join(root, "refytvos"), split, vid, frames,
-                                         labels)
-            meta[vid] = (names, {str(k): (f"the {o.name} moving {o.direction}", k + 1)
-                                 for k, o in enumerate(objects)})
             conversations.append(ConversationSample(
                 media=os.path.join(root, "videos", f"{vid}.mp4"),
                 conversations=_questions(objects, rng), kind="video", id=vid))

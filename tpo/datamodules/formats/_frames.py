@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,14 +30,25 @@ def _davis_palette() -> list[int]:
 DAVIS_PALETTE = _davis_palette()
 
 
-def write_frames(folder: str | os.PathLike, frames: np.ndarray, names: list[str],
-                 quality: int = 95) -> list[str]:
-    """Write ``(T, H, W, 3)`` uint8 frames as JPEG ``folder/<name>``; returns the paths."""
+def write_frames(folder: str | os.PathLike, frames: np.ndarray | Sequence[str],
+                 names: list[str], quality: int = 95) -> list[str]:
+    """Write frames as JPEG ``folder/<name>``; returns the paths.
+
+    Args:
+        frames: ``(T, H, W, 3)`` uint8 to encode, or paths of JPEG files already written, which
+            are hard-linked (copied where links are not possible) instead of encoded again.
+    """
     os.makedirs(folder, exist_ok=True)
     paths = []
     for frame, name in zip(frames, names, strict=True):
         path = os.path.join(folder, name)
-        Image.fromarray(frame).save(path, quality=quality)
+        if isinstance(frame, (str, os.PathLike)):
+            try:
+                os.link(frame, path)
+            except OSError:
+                shutil.copyfile(frame, path)
+        else:
+            Image.fromarray(frame).save(path, quality=quality)
         paths.append(path)
     return paths
 

@@ -70,10 +70,12 @@ def read(root: str | os.PathLike, split: str = "train") -> list[TrackSample]:
     return [read_sequence(os.path.join(split_dir, name)) for name in names]
 
 
-def write(root: str | os.PathLike, split: str, name: str, frames: np.ndarray,
+def write(root: str | os.PathLike, split: str, name: str, frames: np.ndarray | list[str],
           boxes_xywh: np.ndarray, visible: np.ndarray, category: str | None = None
           ) -> TrackSample:
-    """Write one sequence in GOT-10k's layout and append it to ``<root>/<split>/list.txt``."""
+    """Write one sequence in GOT-10k's layout and append it to ``<root>/<split>/list.txt``.
+
+    ``frames`` are ``(T, H, W, 3)`` uint8, or JPEG files to link (see ``write_frames``)."""
     seq_dir = os.path.join(root, split, name)
     write_frames(seq_dir, frames, [f"{i + 1:08d}.jpg" for i in range(len(frames))])
     visible = np.asarray(visible, bool)

@@ -80,12 +80,13 @@ def read(root: str | os.PathLike, sequences: Iterable[str] | str | os.PathLike |
     return [read_sequence(os.path.join(root, seq.rsplit("-", 1)[0], seq)) for seq in sequences]
 
 
-def write(root: str | os.PathLike, name: str, frames: np.ndarray, boxes_xywh: np.ndarray,
+def write(root: str | os.PathLike, name: str, frames: np.ndarray | list[str],
+          boxes_xywh: np.ndarray,
           visible: np.ndarray, description: str | None = None) -> TrackSample:
     """Write a sequence ``<root>/<class>/<name>`` (``name`` is ``<class>-<k>``) in LaSOT's layout.
 
     Args:
-        frames: ``(T, H, W, 3)`` uint8.
+        frames: ``(T, H, W, 3)`` uint8, or JPEG files to link (see ``write_frames``).
         boxes_xywh: ``(T, 4)`` pixels (written with 0 where the target is not visible).
         visible: ``(T,)`` bool; hidden frames are written as fully occluded.
     """
