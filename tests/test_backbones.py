@@ -108,9 +108,7 @@ def test_save_and_load_reproduce_outputs_exactly(kind, tmp_path):
     loaded = Backbone.from_pretrained(tmp_path / "bb").eval()
     assert type(loaded) is type(backbone)
     again = dict(
-        loaded.processor(
-            text=["USER: <video> a"], videos=[np.zeros((frames_for(kind), 32, 32, 3), np.uint8)]
-        )
+        loaded.processor(text=["USER: <video> a"], videos=[np.zeros((frames_for(kind), 32, 32, 3), np.uint8)])
     )
     reference = dict(
         backbone.processor(
@@ -160,9 +158,7 @@ def test_images_are_one_frame_each():
     backbone = tiny_llava("llava")
     image = np.full((32, 32, 3), 128, np.uint8)
     batch = dict(
-        backbone.processor(
-            text=["<image> where? <box_begin><boxes>", "<image> and?"], images=[image, image]
-        )
+        backbone.processor(text=["<image> where? <box_begin><boxes>", "<image> and?"], images=[image, image])
     )
     out = backbone(batch)
     assert out.visual.shape == (2, 1, 16, 64)
@@ -186,9 +182,7 @@ def test_videochat_pads_clips_of_different_lengths():
     assert out.visual_mask.sum(1).tolist() == [5, 1]
     # padding frames do not leak into the LLM: the one-frame sample equals itself batched alone
     single = dict(
-        backbone.processor(
-            text=["<image> b"], images=[rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)]
-        )
+        backbone.processor(text=["<image> b"], images=[rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)])
     )
     single["pixel_values_videos"] = batch["pixel_values_videos"][1:, :1]
     with torch.no_grad():
@@ -208,8 +202,7 @@ def test_lora_trains_adapters_token_rows_and_task_embeddings_only(kind):
         before = backbone(batch)
     trainable = apply_lora(backbone, target_modules=["q_proj", "v_proj"], r=4, alpha=8, dropout=0.0)
     assert trainable and all(
-        "lora_" in n or "trainable_tokens_delta" in n or n.startswith("task_tokens.")
-        for n in trainable
+        "lora_" in n or "trainable_tokens_delta" in n or n.startswith("task_tokens.") for n in trainable
     )
     assert any("vision" not in n and "lora_A" in n for n in trainable)
     assert not any(("vision" in n or "qformer" in n) and "lora" in n for n in trainable)
@@ -219,11 +212,7 @@ def test_lora_trains_adapters_token_rows_and_task_embeddings_only(kind):
     (out.loss + sum(g.embeds.sum() for g in out.tasks.values())).backward()
     grads = {n: p.grad for n, p in backbone.named_parameters() if p.requires_grad}
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
-    assert any(
-        g is not None and g.abs().sum() > 0
-        for n, g in grads.items()
-        if "trainable_tokens_delta" in n
-    )
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens_delta" in n)
     assert backbone.task_tokens.embeddings["temporal"].grad.abs().sum() > 0
     frozen = [p for n, p in backbone.named_parameters() if not p.requires_grad]
     assert frozen and all(p.grad is None for p in frozen)
@@ -257,3 +246,24 @@ def test_missing_folder_and_wrong_class_are_named(tmp_path):
     with pytest.raises(ValueError, match="holds a VideoChatBackbone, not a LlavaBackbone"):
         LlavaBackbone.from_pretrained(tmp_path / "vc")
     assert isinstance(VideoChatBackbone.from_pretrained(tmp_path / "vc"), VideoChatBackbone)
+
+
+@pytest.mark.parametrize("kind", ["llava_onevision", "videochat_clip"])
+def test_modality_adaptive_backbone_starts_equal_and_round_trips(kind, tmp_path):
+    backbone = build(kind).eval()
+    batch = make_batch(backbone, kind)
+    with torch.no_grad():
+        before = backbone(batch)
+        handle = backbone.enable_modality_adaptive()
+        after = backbone(batch)
+        torch.testing.assert_close(after.logits, before.logits, atol=1e-5, rtol=1e-5)
+        for p in handle.branch_parameters(1):
+            p.add_(0.05 * torch.randn_like(p))
+        changed = backbone(batch)
+    # the visual tokens now take the visual branch: outputs after them change
+    assert not torch.allclose(changed.logits, before.logits, atol=1e-4)
+    backbone.save_pretrained(tmp_path / "bb")
+    loaded = Backbone.from_pretrained(tmp_path / "bb").eval()
+    assert loaded.modality_adaptive is not None
+    with torch.no_grad():
+        assert torch.equal(loaded(batch).logits, changed.logits)

@@ -9,8 +9,8 @@ group takes, or that a ``frozen`` pattern matches, do not train.
 stage     trains                                              learning rates
 ========  ==================================================  ===============================
 stage1    LoRA of the LLM and the task-token rows             LoRA 2e-5
-stage2    + heads and task embeddings (encoders frozen)       heads / task emb. 1e-4,
-                                                              temporal token 2e-4
+stage2    + heads and task embeddings (encoders frozen),      heads / task emb. 1e-4,
+          + the visual branches of modality-adaptive layers   temporal token 2e-4, branches 2e-5
 stage3    + vision encoder and connector (not frozen experts) vision / connector 2e-5
 ========  ==================================================  ===============================
 """
@@ -72,8 +72,10 @@ class StagePreset:
                 taken.setdefault(group.name, []).append(name)
         if not taken:
             patterns = [p for g in self.groups for p in g.patterns]
-            raise ValueError(f"stage {self.name!r}: no parameter matches {patterns}; for stage1 and "
-                             "stage2 apply LoRA to the backbone first (tpo.backbones.lora.apply_lora)")
+            raise ValueError(
+                f"stage {self.name!r}: no parameter matches {patterns}; for stage1 and "
+                "stage2 apply LoRA to the backbone first (tpo.backbones.lora.apply_lora)"
+            )
         return taken
 
     def param_groups(self, module: nn.Module) -> list[dict]:
@@ -81,28 +83,47 @@ class StagePreset:
         sets ``requires_grad`` as :meth:`assign` does."""
         taken = self.assign(module)
         params = dict(module.named_parameters())
-        return [{"name": g.name, "params": [params[n] for n in taken[g.name]], "lr": g.lr,
-                 "weight_decay": g.weight_decay} for g in self.groups if g.name in taken]
+        return [
+            {
+                "name": g.name,
+                "params": [params[n] for n in taken[g.name]],
+                "lr": g.lr,
+                "weight_decay": g.weight_decay,
+            }
+            for g in self.groups
+            if g.name in taken
+        ]
 
 
 _LORA = ParamGroupSpec("lora", (r"lora_", r"trainable_tokens_delta"), lr=2e-5)
 _TEMPORAL_TOKEN = ParamGroupSpec("temporal_token", (r"task_tokens\.embeddings\.temporal$",), lr=2e-4)
 _TASK_EMBEDDINGS = ParamGroupSpec("task_embeddings", (r"task_tokens\.",), lr=1e-4)
+_MODALITY = ParamGroupSpec("modality_branches", (r"\.branches\.\d+\.",), lr=2e-5)
 _HEADS = ParamGroupSpec("heads", (r"^heads\.",), lr=1e-4, weight_decay=0.01)
 _VISION = ParamGroupSpec(
     "vision",
-    (r"\.vision_tower\.", r"\.multi_modal_projector\.", r"\.vision_resampler\.",
-     r"^backbone\.(vision|vision_norm|qformer|projection)\.", r"^backbone\.(queries|temporal_embed)$"),
-    lr=2e-5, weight_decay=0.01,
+    (
+        r"\.vision_tower\.",
+        r"\.multi_modal_projector\.",
+        r"\.vision_resampler\.",
+        r"^backbone\.(vision|vision_norm|qformer|projection)\.",
+        r"^backbone\.(queries|temporal_embed)$",
+    ),
+    lr=2e-5,
+    weight_decay=0.01,
 )
 _FROZEN_EXPERTS = (r"\.sam2\.",)
 
 STAGES: dict[str, StagePreset] = {
     "stage1": StagePreset("stage1", (_LORA,), frozen=_FROZEN_EXPERTS),
-    "stage2": StagePreset("stage2", (_TEMPORAL_TOKEN, _TASK_EMBEDDINGS, _HEADS, _LORA),
-                          frozen=_FROZEN_EXPERTS),
-    "stage3": StagePreset("stage3", (_TEMPORAL_TOKEN, _TASK_EMBEDDINGS, _HEADS, _LORA, _VISION),
-                          frozen=_FROZEN_EXPERTS),
+    "stage2": StagePreset(
+        "stage2", (_TEMPORAL_TOKEN, _TASK_EMBEDDINGS, _HEADS, _LORA, _MODALITY), frozen=_FROZEN_EXPERTS
+    ),
+    "stage3": StagePreset(
+        "stage3",
+        (_TEMPORAL_TOKEN, _TASK_EMBEDDINGS, _HEADS, _LORA, _MODALITY, _VISION),
+        frozen=_FROZEN_EXPERTS,
+    ),
 }
 
 
@@ -113,4 +134,3 @@ def get_stage(stage: str | StagePreset) -> StagePreset:
     if stage not in STAGES:
         raise ValueError(f"stage: expected one of {sorted(STAGES)}, got {stage!r}")
     return STAGES[stage]
-

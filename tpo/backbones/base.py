@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tpo.tokens import TaskGather, TaskTokens
@@ -22,6 +23,7 @@ from tpo.tokens import TaskGather, TaskTokens
 __all__ = ["Backbone", "BackboneOutput", "group_frames"]
 
 CONFIG_NAME = "tpo_backbone.json"
+MODALITY_WEIGHTS = "modality_branches.safetensors"
 TASK_TOKENS_DIR = "task_tokens"
 
 
@@ -91,6 +93,7 @@ class Backbone(nn.Module):
         super().__init__()
         self._hook_handle = None
         self._pending_boxes: Tensor | None = None
+        self.modality_adaptive = None
 
     @property
     def tokenizer(self):
@@ -104,6 +107,15 @@ class Backbone(nn.Module):
     @property
     def language_model(self) -> nn.Module:
         """The module whose input embeddings carry the task tokens (has ``get_input_embeddings``)."""
+        raise NotImplementedError
+
+    def enable_modality_adaptive(self, num_modalities: int = 2):
+        """Give the LLM mPLUG-Owl2's modality-adaptive layers (per-modality norms and k/v
+        projections); visual tokens use modality 1. Wrap before :func:`~tpo.backbones.lora.apply_lora`.
+
+        Returns:
+            The :class:`~tpo.backbones.modality_adaptive.ModalityAdaptive` handle.
+        """
         raise NotImplementedError
 
     def lora_scope(self) -> tuple[nn.Module, str]:
@@ -197,6 +209,10 @@ class Backbone(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"class": type(self).__name__, **self._save_model(directory)}
+        if self.modality_adaptive is not None:
+            branches = {k: v.contiguous() for k, v in self.state_dict().items() if ".branches." in k}
+            save_file(branches, str(directory / MODALITY_WEIGHTS))
+            config["modality_adaptive"] = {"num_modalities": self.modality_adaptive.num_modalities}
         if self.task_tokens is not None:
             self.task_tokens.save_pretrained(directory / TASK_TOKENS_DIR)
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -208,14 +224,23 @@ class Backbone(nn.Module):
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(
-                f"{config_path}: no {CONFIG_NAME}; expected a folder written by "
-                "Backbone.save_pretrained"
+                f"{config_path}: no {CONFIG_NAME}; expected a folder written by Backbone.save_pretrained"
             )
         config = json.loads(config_path.read_text())
         if config["class"] != cls.__name__ and cls is not Backbone:
             raise ValueError(f"{config_path}: holds a {config['class']}, not a {cls.__name__}")
         target = cls if cls is not Backbone else _backbone_class(config["class"])
         backbone = target._load(directory, config, **kwargs)
+        if "modality_adaptive" in config:
+            backbone.enable_modality_adaptive(**config["modality_adaptive"])
+            missing, unexpected = backbone.load_state_dict(
+                load_file(str(directory / MODALITY_WEIGHTS)), strict=False
+            )
+            if unexpected or any(".branches." in k for k in missing):
+                raise ValueError(
+                    f"{directory / MODALITY_WEIGHTS}: does not fit the wrapped model "
+                    f"(unexpected {unexpected[:3]})"
+                )
         tokens_dir = directory / TASK_TOKENS_DIR
         if tokens_dir.is_dir():
             backbone.task_tokens = TaskTokens.from_pretrained(tokens_dir)

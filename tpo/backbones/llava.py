@@ -112,15 +112,12 @@ class LlavaBackbone(Backbone):
     samples only where both give the same number of tokens per frame.
     """
 
-    def __init__(
-        self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None) -> None:
         super().__init__()
         model_type = model.config.model_type
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
-                f"model: model_type {model_type!r} is not supported; expected one of "
-                f"{SUPPORTED_MODEL_TYPES}"
+                f"model: model_type {model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
             )
         self.model = model
         self.model_type = model_type
@@ -147,6 +144,13 @@ class LlavaBackbone(Backbone):
     @property
     def language_model(self) -> nn.Module:
         return self.model
+
+    def enable_modality_adaptive(self, num_modalities: int = 2):
+        from tpo.backbones.modality_adaptive import ModalityAdaptive
+
+        ids = [i for i in (self.image_token_id, self.video_token_id) if i is not None]
+        self.modality_adaptive = ModalityAdaptive.wrap(self.model, num_modalities, visual_token_ids=ids)
+        return self.modality_adaptive
 
     def lora_scope(self) -> tuple[nn.Module, str]:
         return self.model, r"model\.language_model\."
@@ -200,9 +204,7 @@ class LlavaBackbone(Backbone):
             return tokens[:, 1:]
         return tokens
 
-    def _images_per_sample(
-        self, input_ids: Tensor, num_images: int, tokens_per_image: int
-    ) -> list[int]:
+    def _images_per_sample(self, input_ids: Tensor, num_images: int, tokens_per_image: int) -> list[int]:
         is_image = input_ids == self.image_token_id
         if self.model_type in ("llava", "video_llava"):
             counts = (is_image.sum(1) // tokens_per_image).tolist()
@@ -253,9 +255,7 @@ class LlavaBackbone(Backbone):
         (size,) = sizes
         empty = next(f for f in frames if f is not None).new_zeros(0, *size)
         frames = [f if f is not None else empty for f in frames]
-        visual, mask = group_frames(
-            torch.cat(frames), [f.shape[0] for f in frames], name="visual tokens"
-        )
+        visual, mask = group_frames(torch.cat(frames), [f.shape[0] for f in frames], name="visual tokens")
         return mm, visual, mask
 
     @staticmethod
@@ -296,10 +296,7 @@ class LlavaBackbone(Backbone):
         """Load from a folder written by :meth:`save_pretrained`, or from a plain Hugging Face model
         folder (``config.json`` + weights + processor files) on local disk."""
         directory = Path(directory)
-        if (
-            not (directory / "tpo_backbone.json").is_file()
-            and (directory / "config.json").is_file()
-        ):
+        if not (directory / "tpo_backbone.json").is_file() and (directory / "config.json").is_file():
             model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
             return cls(model, AutoProcessor.from_pretrained(directory))
         return super().from_pretrained(directory, **model_kwargs)

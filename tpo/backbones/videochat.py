@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,7 @@ class VideoChatProcessor:
         if frames.ndim == 3:
             frames = frames[None]
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(
-                f"{name}: expected (T, H, W, 3) RGB frames, got shape {tuple(frames.shape)}"
-            )
+            raise ValueError(f"{name}: expected (T, H, W, 3) RGB frames, got shape {tuple(frames.shape)}")
         x = frames.permute(0, 3, 1, 2).float() / 255.0
         x = F.interpolate(
             x,
@@ -124,9 +123,7 @@ class VideoChatProcessor:
                     source = image_iter if piece == self.image_token else video_iter
                     clip = next(source, None)
                     if clip is None:
-                        raise ValueError(
-                            f"text[{i}]: more {piece} markers than {piece[1:-1]}s given"
-                        )
+                        raise ValueError(f"text[{i}]: more {piece} markers than {piece[1:-1]}s given")
                     clips.append(self._frames(clip, f"{piece[1:-1]} of text[{i}]"))
                     parts.append(run)
                 else:
@@ -134,18 +131,14 @@ class VideoChatProcessor:
             expanded.append("".join(parts))
         if next(image_iter, None) is not None or next(video_iter, None) is not None:
             raise ValueError("images/videos: more given than markers in the texts")
-        out = dict(
-            self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
-        )
+        out = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
         if clips:
             lengths = [c.shape[0] for c in clips]
             stacked = torch.zeros(len(clips), max(lengths), *clips[0].shape[1:])
             for c, clip in enumerate(clips):
                 stacked[c, : clip.shape[0]] = clip
             out["pixel_values_videos"] = stacked
-            out["video_frame_mask"] = (
-                torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
-            )
+            out["video_frame_mask"] = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
         return BatchFeature(out)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -185,9 +178,7 @@ class VisionTower(nn.Module):
             checkpoint = spec.get("checkpoint")
             if checkpoint:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint)}
-            self.model = timm.create_model(
-                spec["name"], pretrained=bool(checkpoint), num_classes=0, **kwargs
-            )
+            self.model = timm.create_model(spec["name"], pretrained=bool(checkpoint), num_classes=0, **kwargs)
             self.width = self.model.num_features
             self.grid = tuple(self.model.patch_embed.grid_size)
             self.num_prefix = self.model.num_prefix_tokens
@@ -196,9 +187,7 @@ class VisionTower(nn.Module):
                 self.model = AutoModel.from_pretrained(spec["path"])
             else:
                 config = dict(spec["config"])
-                self.model = AutoModel.from_config(
-                    AutoConfig.for_model(config.pop("model_type"), **config)
-                )
+                self.model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
             config = self.model.config
             self.width = config.hidden_size
             side = config.image_size // config.patch_size
@@ -257,9 +246,7 @@ class VideoChatBackbone(Backbone):
         self.qformer_config = Blip2QFormerConfig(**qformer)
         self.qformer = Blip2QFormerModel(self.qformer_config)
         self.vision_norm = nn.LayerNorm(self.vision.width)
-        self.queries = nn.Parameter(
-            torch.randn(1, num_query_tokens, self.qformer_config.hidden_size) * 0.02
-        )
+        self.queries = nn.Parameter(torch.randn(1, num_query_tokens, self.qformer_config.hidden_size) * 0.02)
         self.temporal_embed = nn.Parameter(torch.zeros(max_frames, self.vision.width))
         self.llm = llm
         self.projection = nn.Linear(self.qformer_config.hidden_size, llm.config.hidden_size)
@@ -275,6 +262,12 @@ class VideoChatBackbone(Backbone):
     def language_model(self) -> nn.Module:
         return self.llm
 
+    def enable_modality_adaptive(self, num_modalities: int = 2):
+        from tpo.backbones.modality_adaptive import ModalityAdaptive
+
+        self.modality_adaptive = ModalityAdaptive.wrap(self.llm, num_modalities)
+        return self.modality_adaptive
+
     def lora_scope(self) -> tuple[nn.Module, str]:
         return self.llm, ""
 
@@ -282,9 +275,7 @@ class VideoChatBackbone(Backbone):
     def video_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(VideoChatProcessor.video_token)
 
-    def encode_clips(
-        self, videos: Tensor, frame_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def encode_clips(self, videos: Tensor, frame_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Encode clips.
 
         Args:
@@ -304,9 +295,7 @@ class VideoChatBackbone(Backbone):
         if frame_mask is None:
             frame_mask = torch.ones(clips, frames, dtype=torch.bool, device=videos.device)
         patch_tokens = self.vision(videos[frame_mask])
-        grouped, mask = group_frames(
-            patch_tokens, frame_mask.sum(1).tolist(), name="pixel_values_videos"
-        )
+        grouped, mask = group_frames(patch_tokens, frame_mask.sum(1).tolist(), name="pixel_values_videos")
         grouped = self.vision_norm(grouped + self.temporal_embed[: grouped.shape[1], None])
         encoder_mask = mask[:, :, None].expand(-1, -1, grouped.shape[2]).flatten(1)
         queries = self.qformer(
@@ -342,13 +331,15 @@ class VideoChatBackbone(Backbone):
             counts = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
             counts.index_add_(0, clip_sample, frames_per_clip)
             visual, visual_mask = group_frames(patch_tokens, counts.tolist(), name="visual tokens")
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=batch.get("attention_mask"),
-            labels=batch.get("labels"),
-            output_hidden_states=True,
-            return_dict=True,
-        )
+        adaptive = self.modality_adaptive
+        with adaptive.indicators(is_visual.long()) if adaptive is not None else nullcontext():
+            out = self.llm(
+                inputs_embeds=embeds,
+                attention_mask=batch.get("attention_mask"),
+                labels=batch.get("labels"),
+                output_hidden_states=True,
+                return_dict=True,
+            )
         hidden = out.hidden_states[-1]
         return BackboneOutput(
             loss=out.loss,
@@ -385,9 +376,7 @@ class VideoChatBackbone(Backbone):
     def _load(cls, directory: Path, config: dict, **llm_kwargs) -> VideoChatBackbone:
         spec = json.loads((directory / MODEL_CONFIG).read_text())
         qformer = {
-            k: v
-            for k, v in spec["qformer"].items()
-            if k not in ("model_type", "transformers_version")
+            k: v for k, v in spec["qformer"].items() if k not in ("model_type", "transformers_version")
         }
         backbone = cls(
             vision=spec["vision"],
@@ -402,7 +391,5 @@ class VideoChatBackbone(Backbone):
         )
         missing = [k for k in missing if not k.startswith(("llm.", "task_tokens."))]
         if missing or unexpected:
-            raise ValueError(
-                f"{directory / CONNECTOR_WEIGHTS}: missing {missing}, unexpected {unexpected}"
-            )
+            raise ValueError(f"{directory / CONNECTOR_WEIGHTS}: missing {missing}, unexpected {unexpected}")
         return backbone
