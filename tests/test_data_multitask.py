@@ -14,6 +14,7 @@ from test_data_collate import FakeProcessor, make_tokenizer
 from torch.utils.data import DistributedSampler
 
 from tpo.datamodules import (
+    DatasetSpec,
     MaskDataset,
     MomentDataset,
     MultiTaskDataModule,
@@ -198,3 +199,37 @@ def test_data_module_skips_counts_and_goes_on(tmp_path, data, collator):
     assert {m.split(":")[0] for m in dm.skipped} == bad  # every failed load was counted
     assert dm.num_skipped == len(dm.skipped) >= len(bad)
     assert all(f"{samples[5].vid}.mp4" in m for m in dm.skipped)
+
+
+def test_yaml_config_describes_datasets_by_format(data, collator):
+    from jsonargparse import ArgumentParser
+
+    d = data.root
+    config = f"""
+data:
+  train:
+    temporal: {{format: qvhighlights, path: {d}/qvhighlights_train.jsonl, media_root: {d}/videos,
+                read_options: {{clip_len: 0.25}}, options: {{num_frames: 4, sampling: random}}}}
+    box: {{format: refcoco_flat, path: {d}/refs_train.json, media_root: {d}}}
+    track: {{format: got10k, path: {d}/got10k, read_options: {{split: train}}}}
+    mask: {{format: refytvos, path: {d}/refytvos, options: {{num_frames: 4}}}}
+    chat: {{format: llava, path: {d}/llava_train.json, media_root: {d}}}
+  weights: {{temporal: 2.0, chat: 1.0}}
+  batch_size: 4
+"""
+    parser = ArgumentParser(parser_mode="omegaconf")
+    parser.add_class_arguments(MultiTaskDataModule, "data")
+    dm = parser.instantiate(parser.parse_string(config)).data
+    assert dm.train_set.names == ["temporal", "box", "track", "mask", "chat"]
+    assert dm.train_set.sizes == [16, 8, 8, 16, 8]
+    assert dm.weights == [2.0, 0.0, 0.0, 0.0, 1.0]
+    dm._collator = collator
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["tasks"]) <= {"temporal", "conversation"} and len(batch["tasks"]) == 4
+    with pytest.raises(ValueError, match="format"):
+        DatasetSpec(format="kinetics", path="x")
+    with pytest.raises(ValueError, match="media_root"):
+        DatasetSpec(format="qvhighlights", path=f"{d}/qvhighlights_train.jsonl",
+                    read_options={"clip_len": 0.25}).build()
+    with pytest.raises(ValueError, match="do not fit 8 scores and 1 clips"):  # 2 s clips
+        DatasetSpec(format="qvhighlights", path=f"{d}/qvhighlights_train.jsonl").read()

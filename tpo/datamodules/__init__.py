@@ -18,11 +18,12 @@ from tpo.datamodules.samples import (
     RefSample,
     TrackSample,
 )
+from tpo.datamodules.specs import DatasetSpec
 from tpo.datamodules.synthetic import SyntheticDataset, make_synthetic_dataset
 from tpo.datamodules.video import Clip, VideoDecodeError, VideoReader
 
 __all__ = [
-    "ChatFormat", "Clip", "ConversationDataset", "ConversationSample", "MaskDataset",
+    "ChatFormat", "Clip", "ConversationDataset", "DatasetSpec", "ConversationSample", "MaskDataset",
     "MaskSample", "MomentDataset", "MomentSample", "MultiTaskDataModule", "MultiTaskDataset",
     "MultiTaskSampler", "Prompt", "RefDataset", "RefSample", "SyntheticDataset", "TaskCollator",
     "TaskDataset", "TrackDataset", "TrackSample", "VideoDecodeError", "VideoReader",

@@ -22,10 +22,21 @@ from tpo.datamodules.datasets import (
     TaskDataset,
     TrackDataset,
 )
+from tpo.datamodules.specs import DatasetSpec
 
 __all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler"]
 
 log = logging.getLogger(__name__)
+
+
+def _build(datasets: Mapping[str, TaskDataset | DatasetSpec | Mapping]
+           ) -> dict[str, TaskDataset]:
+    out = {}
+    for name, value in datasets.items():
+        if isinstance(value, Mapping):
+            value = DatasetSpec(**value)
+        out[name] = value.build() if isinstance(value, DatasetSpec) else value
+    return out
 
 
 class MultiTaskDataset(Dataset):
@@ -116,8 +127,9 @@ class MultiTaskDataModule(L.LightningDataModule):
     """Train and validation loaders over several task datasets; batches may mix tasks.
 
     Args:
-        train: ``{name: TaskDataset}`` for training.
-        val: ``{name: TaskDataset}`` for validation (each sample once, in order), or ``None``.
+        train: ``{name: TaskDataset | DatasetSpec}`` for training (specs, or dicts of their
+            fields as YAML gives them, are read here).
+        val: the same for validation (each sample once, in order), or ``None``.
         weights: ``{name: weight}`` sampling weights (default: proportional to sizes).
         batch_size: samples per batch (per process).
         num_workers: DataLoader workers; decoders are opened inside them.
@@ -134,16 +146,16 @@ class MultiTaskDataModule(L.LightningDataModule):
     :attr:`num_skipped` and logged as batches arrive.
     """
 
-    def __init__(self, *, train: Mapping[str, TaskDataset],
-                 val: Mapping[str, TaskDataset] | None = None,
+    def __init__(self, *, train: Mapping[str, TaskDataset | DatasetSpec],
+                 val: Mapping[str, TaskDataset | DatasetSpec] | None = None,
                  weights: Mapping[str, float] | None = None, batch_size: int = 8,
                  num_workers: int = 0, samples_per_epoch: int | None = None, seed: int = 0,
                  backbone=None, collator: TaskCollator | None = None,
                  chat: ChatFormat | None = None,
                  collator_options: Mapping | None = None) -> None:
         super().__init__()
-        self.train_set = MultiTaskDataset(train)
-        self.val_set = MultiTaskDataset(val) if val else None
+        self.train_set = MultiTaskDataset(_build(train))
+        self.val_set = MultiTaskDataset(_build(val)) if val else None
         unknown = set(weights or {}) - set(train)
         if unknown:
             raise ValueError(f"weights: {sorted(unknown)} are not training datasets "
