@@ -233,3 +233,19 @@ data:
                     read_options={"clip_len": 0.25}).build()
     with pytest.raises(ValueError, match="do not fit 8 scores and 1 clips"):  # 2 s clips
         DatasetSpec(format="qvhighlights", path=f"{d}/qvhighlights_train.jsonl").read()
+
+
+def test_data_module_splits_batches_by_the_trainers_rank(data, collator):
+    from types import SimpleNamespace
+
+    def keys(rank):
+        dm = MultiTaskDataModule.from_synthetic(data.root, collator=collator, batch_size=3,
+                                                seed=5, tasks=("temporal", "box"))
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, lightning_module=None)
+        loader = dm.train_dataloader()
+        assert loader.sampler.num_replicas == 2 and loader.sampler.rank == rank
+        return list(loader.sampler)
+
+    r0, r1 = keys(0), keys(1)
+    assert len(r0) == len(r1) == 12  # 24 samples over 2 ranks
+    assert sorted(r0 + r1) == sorted(MultiTaskSampler([16, 8], num_samples=24, seed=5).keys())
