@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="frames per clip")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--sample", type=int, default=16, help="frames sampled per clip")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:

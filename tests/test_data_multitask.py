@@ -249,3 +249,22 @@ def test_data_module_splits_batches_by_the_trainers_rank(data, collator):
     r0, r1 = keys(0), keys(1)
     assert len(r0) == len(r1) == 12  # 24 samples over 2 ranks
     assert sorted(r0 + r1) == sorted(MultiTaskSampler([16, 8], num_samples=24, seed=5).keys())
+
+
+def test_resize_matches_pil():
+    from PIL import Image
+
+    from tpo.datamodules.datasets import resize_frames
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (3, 37, 53, 3), dtype=np.uint8)
+    masks = rng.random((3, 37, 53)) > 0.5
+    for h, w in [(20, 30), (64, 80), (37, 26)]:
+        pil = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR))
+                        for f in frames])
+        assert np.abs(resize_frames(frames, (h, w)).astype(int) - pil).max() <= 1
+        pil_masks = np.stack([np.asarray(Image.fromarray(m.astype(np.uint8)).resize(
+            (w, h), Image.NEAREST)) for m in masks]).astype(bool)
+        out = resize_frames(masks, (h, w))
+        assert out.dtype == bool and np.array_equal(out, pil_masks)
+    assert resize_frames(frames, None) is frames

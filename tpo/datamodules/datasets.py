@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from tpo.datamodules.prompts import make_prompt
@@ -41,15 +41,22 @@ log = logging.getLogger(__name__)
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int] | None, *, nearest: bool = False
                   ) -> np.ndarray:
-    """Resize ``(T, H, W, C)`` or ``(T, H, W)`` frames to ``size = (h, w)`` (bilinear, or nearest
-    for label maps / masks); unchanged when ``size`` is ``None`` or already met."""
+    """Resize ``(T, H, W, C)`` uint8 frames (antialiased bilinear, as PIL's) or ``(T, H, W)``
+    masks / label maps (nearest, pixel centres as PIL) to ``size = (h, w)``; unchanged when
+    ``size`` is ``None`` or already met."""
     if size is None or tuple(frames.shape[1:3]) == tuple(size):
         return frames
-    h, w = size
-    resample = Image.NEAREST if nearest else Image.BILINEAR
-    if frames.dtype == bool:
-        return resize_frames(frames.astype(np.uint8), size, nearest=True).astype(bool)
-    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), resample)) for f in frames])
+    if frames.ndim == 3:
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.uint8))[:, None]
+        out = F.interpolate(x, size=tuple(size), mode="nearest-exact")[:, 0].numpy()
+        return out.astype(bool) if frames.dtype == bool else out
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    if nearest:
+        out = F.interpolate(x, size=tuple(size), mode="nearest-exact")
+    else:
+        out = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True,
+                            align_corners=False)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def xywh_to_cxcywh_normalised(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
