@@ -129,6 +129,7 @@ def tiny_llava(
     vision_layers: int = 2,
     tokenizer=None,
     seed: int = 0,
+    with_task_tokens: bool = True,
 ) -> LlavaBackbone:
     """A tiny LLaVA-family backbone with task tokens attached, built from configs.
 
@@ -143,6 +144,7 @@ def tiny_llava(
         vision_layers: vision tower layers.
         tokenizer: a tokenizer with ``<image>`` / ``<video>`` tokens; a tiny one is trained if None.
         seed: seeds the random initialisation.
+        with_task_tokens: attach task tokens (False: a plain backbone, as a user's own copy).
     """
     if kind not in TINY_LLAVA_KINDS:
         raise ValueError(f"kind: expected one of {TINY_LLAVA_KINDS}, got {kind!r}")
@@ -176,9 +178,7 @@ def tiny_llava(
         )
         model = LlavaForConditionalGeneration(config)
         processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor(
-                size={"shortest_edge": image_size}, crop_size=square
-            ),
+            image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
             tokenizer=tokenizer,
             patch_size=patch_size,
             vision_feature_select_strategy="default",
@@ -195,9 +195,7 @@ def tiny_llava(
         )
         model = LlavaOnevisionForConditionalGeneration(config)
         processor = LlavaOnevisionProcessor(
-            image_processor=LlavaOnevisionImageProcessor(
-                size=square, image_grid_pinpoints=pinpoints
-            ),
+            image_processor=LlavaOnevisionImageProcessor(size=square, image_grid_pinpoints=pinpoints),
             video_processor=LlavaOnevisionVideoProcessor(size=square),
             tokenizer=tokenizer,
             num_image_tokens=tokens_per_crop,
@@ -236,18 +234,14 @@ def tiny_llava(
         )
         model = VideoLlavaForConditionalGeneration(config)
         processor = VideoLlavaProcessor(
-            image_processor=VideoLlavaImageProcessor(
-                size={"shortest_edge": image_size}, crop_size=square
-            ),
-            video_processor=VideoLlavaVideoProcessor(
-                size={"shortest_edge": image_size}, crop_size=square
-            ),
+            image_processor=VideoLlavaImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
+            video_processor=VideoLlavaVideoProcessor(size={"shortest_edge": image_size}, crop_size=square),
             tokenizer=tokenizer,
             patch_size=patch_size,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
         )
-    task_tokens = TaskTokens(hidden_size=hidden_size, tasks=tasks)
+    task_tokens = TaskTokens(hidden_size=hidden_size, tasks=tasks) if with_task_tokens else None
     return LlavaBackbone(model, processor, task_tokens=task_tokens)
 
 
@@ -264,6 +258,7 @@ def tiny_videochat(
     max_frames: int = 16,
     tokenizer=None,
     seed: int = 0,
+    with_task_tokens: bool = True,
 ) -> VideoChatBackbone:
     """A tiny VideoChat-style backbone (vision tower + Q-Former + LLaMA) with task tokens.
 
@@ -319,5 +314,6 @@ def tiny_videochat(
         num_query_tokens=num_query_tokens,
         max_frames=max_frames,
     )
-    backbone.attach_task_tokens(TaskTokens(hidden_size=hidden_size, tasks=tasks))
+    if with_task_tokens:
+        backbone.attach_task_tokens(TaskTokens(hidden_size=hidden_size, tasks=tasks))
     return backbone

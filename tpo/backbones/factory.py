@@ -1,0 +1,65 @@
+"""Build a backbone from a JSON/YAML-able spec (what configs and ``TPOModule`` take)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tpo.backbones.base import CONFIG_NAME, Backbone
+from tpo.backbones.llava import LlavaBackbone
+
+__all__ = ["BACKBONE_BUILDERS", "create_backbone", "register_backbone"]
+
+
+def _tiny_llava(**kwargs) -> Backbone:
+    from tpo.backbones.tiny import tiny_llava
+
+    return tiny_llava(**kwargs)
+
+
+def _tiny_videochat(**kwargs) -> Backbone:
+    from tpo.backbones.tiny import tiny_videochat
+
+    return tiny_videochat(**kwargs)
+
+
+BACKBONE_BUILDERS: dict[str, Callable[..., Backbone]] = {
+    "tiny_llava": _tiny_llava,
+    "tiny_videochat": _tiny_videochat,
+}
+
+
+def register_backbone(name: str, builder: Callable[..., Backbone]) -> None:
+    """Make ``{"name": name, **kwargs}`` specs build with ``builder(**kwargs)``."""
+    BACKBONE_BUILDERS[name] = builder
+
+
+def create_backbone(spec: Backbone | Mapping[str, Any]) -> Backbone:
+    """A backbone from a spec.
+
+    Specs:
+        ``{"name": "tiny_llava", "kind": "llava_onevision", ...}`` — a registered builder;
+        ``{"pretrained": dir, "tasks": [...]}`` — a folder written by ``Backbone.save_pretrained``
+        or a plain Hugging Face LLaVA-family folder (task tokens are attached when it has none).
+    """
+    if isinstance(spec, Backbone):
+        return spec
+    spec = dict(spec)
+    if "pretrained" in spec:
+        directory = Path(spec.pop("pretrained"))
+        tasks = spec.pop("tasks", None)
+        if (directory / CONFIG_NAME).is_file():
+            backbone = Backbone.from_pretrained(directory, **spec)
+        else:
+            backbone = LlavaBackbone.from_pretrained(directory, **spec)
+        if backbone.task_tokens is None:
+            backbone.attach_task_tokens(tasks=tasks)
+        return backbone
+    name = spec.pop("name", None)
+    if name not in BACKBONE_BUILDERS:
+        raise ValueError(
+            f"backbone spec: 'name' must be one of {sorted(BACKBONE_BUILDERS)} "
+            f"(or give 'pretrained': dir), got {name!r}"
+        )
+    return BACKBONE_BUILDERS[name](**spec)

@@ -1,0 +1,174 @@
+"""How each task connects a backbone's output to its head, its targets and its metric.
+
+A :class:`TaskAdapter` says, for one task: which head class to build and which of its arguments
+takes the backbone's visual width; how to cut the head's inputs out of a
+:class:`~tpo.backbones.BackboneOutput`; how to turn the batch's targets into the head's targets;
+and how to score post-processed predictions with the task's metric in boundary units (seconds,
+pixels). Register adapters for new tasks with :func:`register_task_adapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchvision.ops import box_convert
+
+from tpo.backbones.base import BackboneOutput
+from tpo.heads import BoxHead, MaskHead, TemporalGroundingHead, TrackingHead
+from tpo.metrics import GroundingAccuracy, JAndF, MomentRetrieval, TrackingSuccess
+from tpo.ops import span_cxw_to_se
+
+__all__ = ["TaskAdapter", "TASK_ADAPTERS", "get_task_adapter", "register_task_adapter"]
+
+
+@dataclass(frozen=True)
+class TaskAdapter:
+    """The glue of one task.
+
+    Attributes:
+        head_class: the default head class.
+        visual_kwarg: the head constructor argument that takes the backbone's visual width.
+        head_inputs: ``(output, index (n,)) -> kwargs`` for ``head.forward`` (besides the task
+            embeddings) for the samples ``index``.
+        head_targets: ``(targets rows) -> targets`` in the form ``head.loss`` takes.
+        make_metric: a new metric object.
+        headline: the metric key shown in tables.
+        score: ``(metric, predictions, targets rows, meta) -> None`` updates the metric with
+            post-processed predictions; a ``None`` prediction is a miss (the model did not call
+            the task).
+    """
+
+    head_class: type[nn.Module]
+    visual_kwarg: str
+    head_inputs: Callable[[BackboneOutput, Tensor], dict]
+    head_targets: Callable[[Mapping[str, Any]], Any]
+    make_metric: Callable[[], Metric]
+    headline: str
+    score: Callable[[Metric, Sequence[Any], Mapping[str, Any], Sequence[Mapping]], None]
+
+
+def _image_size(meta: Mapping) -> tuple[int, int]:
+    size = meta.get("image_size", meta.get("frame_size"))
+    if size is None:
+        raise ValueError(
+            f"meta: needs 'image_size' (or 'frame_size') (height, width) px, got keys {sorted(meta)}"
+        )
+    return int(size[0]), int(size[1])
+
+
+def _cxcywh_to_px(boxes: Tensor, size: tuple[int, int], fmt: str) -> Tensor:
+    height, width = size
+    scale = boxes.new_tensor([width, height, width, height])
+    return box_convert(boxes.float(), "cxcywh", fmt) * scale
+
+
+# ---------------------------------------------------------------------------- temporal
+def _temporal_inputs(out: BackboneOutput, index: Tensor) -> dict:
+    return {"video": out.visual[index], "video_mask": out.visual_mask[index]}
+
+
+def _temporal_targets(rows: Mapping[str, Any]) -> list[dict]:
+    saliency = rows.get("saliency")
+    return [
+        {"spans": spans, **({"saliency": saliency[i]} if saliency is not None else {})}
+        for i, spans in enumerate(rows["spans"])
+    ]
+
+
+def _temporal_score(metric, preds, rows, meta) -> None:
+    windows = [p.windows if p is not None else torch.zeros(0, 3) for p in preds]
+    truth = [
+        span_cxw_to_se(spans.float()) * float(m["duration"])
+        for spans, m in zip(rows["spans"], meta, strict=True)
+    ]
+    metric.update(windows, truth)
+
+
+# ---------------------------------------------------------------------------- box
+def _box_inputs(out: BackboneOutput, index: Tensor) -> dict:
+    return {"visual": out.visual[index, 0], "grid_size": out.visual_grid}
+
+
+def _box_score(metric, preds, rows, meta) -> None:
+    truth = torch.stack(
+        [_cxcywh_to_px(b[None], _image_size(m), "xyxy")[0] for b, m in zip(rows["boxes"], meta, strict=True)]
+    )
+    pred = torch.stack([p.box_xyxy.float().cpu() if p is not None else torch.zeros(4) for p in preds])
+    metric.update(pred, truth.cpu())
+
+
+# ---------------------------------------------------------------------------- track
+def _track_inputs(out: BackboneOutput, index: Tensor) -> dict:
+    return {"frames": out.visual[index], "grid_size": out.visual_grid}
+
+
+def _track_score(metric, preds, rows, meta) -> None:
+    for i, m in enumerate(meta):
+        truth = _cxcywh_to_px(rows["boxes"][i], _image_size(m), "xywh").cpu()
+        pred = preds[i].boxes_xywh.float().cpu() if preds[i] is not None else torch.zeros_like(truth)
+        metric.update(pred, truth, rows["visible"][i].cpu())
+
+
+# ---------------------------------------------------------------------------- mask
+def _mask_inputs(out: BackboneOutput, index: Tensor) -> dict:
+    height, width = out.visual_grid
+    return {"image": out.visual[index].unflatten(2, (height, width)).permute(0, 1, 4, 2, 3)}
+
+
+def _mask_score(metric, preds, rows, meta) -> None:
+    for i, truth in enumerate(rows["masks"]):
+        pred = preds[i].masks.cpu() if preds[i] is not None else torch.zeros_like(truth, dtype=torch.bool)
+        metric.update(pred, truth.cpu())
+
+
+TASK_ADAPTERS: dict[str, TaskAdapter] = {
+    "temporal": TaskAdapter(
+        TemporalGroundingHead,
+        "video_dim",
+        _temporal_inputs,
+        _temporal_targets,
+        lambda: MomentRetrieval(r1_thresholds=(0.3, 0.5, 0.7)),
+        "R1@0.5",
+        _temporal_score,
+    ),
+    "box": TaskAdapter(
+        BoxHead,
+        "visual_dim",
+        _box_inputs,
+        lambda rows: {"boxes": rows["boxes"]},
+        lambda: GroundingAccuracy(iou_threshold=0.5),
+        "acc@0.5",
+        _box_score,
+    ),
+    "track": TaskAdapter(
+        TrackingHead,
+        "visual_dim",
+        _track_inputs,
+        lambda rows: {"boxes": rows["boxes"], "visible": rows["visible"]},
+        TrackingSuccess,
+        "success",
+        _track_score,
+    ),
+    "mask": TaskAdapter(
+        MaskHead, "image_dim", _mask_inputs, lambda rows: {"masks": rows["masks"]}, JAndF, "J&F", _mask_score
+    ),
+}
+
+
+def register_task_adapter(task: str, adapter: TaskAdapter) -> None:
+    """Connect a (newly registered) task to a head, its inputs, targets and metric."""
+    TASK_ADAPTERS[task] = adapter
+
+
+def get_task_adapter(task: str) -> TaskAdapter:
+    if task not in TASK_ADAPTERS:
+        raise ValueError(
+            f"task {task!r} has no adapter; known: {sorted(TASK_ADAPTERS)} "
+            "(add one with tpo.tasks.register_task_adapter)"
+        )
+    return TASK_ADAPTERS[task]
