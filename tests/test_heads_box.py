@@ -37,14 +37,17 @@ def test_overfits_one_batch(use_visual):
     head = _head()
     task, visual = _inputs()
     visual = visual if use_visual else None
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
-    for step in range(200):
+    steps = 200
+    optimizer = torch.optim.AdamW(head.parameters(), lr=5e-3, foreach=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    for step in range(steps):
         total = sum(head.loss(head(task, visual), {"boxes": TARGET}).values())
         if step == 0:
             first = total.item()
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
+        schedule.step()
     assert total.item() <= 0.1 * first
     size = (120, 200)
     predictions = head.postprocess(head(task, visual), [{"image_size": size}] * 3)

@@ -23,7 +23,7 @@ def _one_thread():
 
 
 def _head(**kwargs) -> MaskHead:
-    return MaskHead(embed_dim=D, image_dim=C, hidden_dim=32, num_heads=4, mlp_dim=64, **kwargs)
+    return MaskHead(embed_dim=D, image_dim=C, hidden_dim=64, num_heads=4, mlp_dim=64, **kwargs)
 
 
 def _batch(seed: int = 0):
@@ -44,14 +44,17 @@ def test_overfits_one_batch(mask_loss):
     torch.manual_seed(0)
     head = _head(mask_loss=mask_loss)
     task, image, targets = _batch()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
-    for step in range(120):
+    steps = 150
+    optimizer = torch.optim.AdamW(head.parameters(), lr=5e-3, foreach=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    for step in range(steps):
         total = sum(head.loss(head(task, image), targets).values())
         if step == 0:
             first = total.item()
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
+        schedule.step()
     assert total.item() <= 0.1 * first
     predictions = head.postprocess(head(task, image), [{"image_size": (32, 32)}] * B)
     masks = torch.stack([p.masks for p in predictions])
