@@ -124,3 +124,35 @@ def test_bf16_autocast():
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(task.grad).all()
     assert head.postprocess(output, [{"image_size": (20, 20)}] * B)[0].masks.shape == (T, 20, 20)
+
+
+def test_multiscale_timm_features():
+    """A timm ``features_only`` encoder's stride 4/8/16 maps drive the SAM2-style skips."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    encoder = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2, 3))
+    c4, c8, c16 = encoder.feature_info.channels()
+    head = MaskHead(
+        embed_dim=D,
+        image_dim=c16,
+        hidden_dim=32,
+        num_heads=4,
+        mlp_dim=64,
+        high_res_dims=(c4, c8),
+    )
+    frames = torch.randn(B * T, 3, 64, 64)
+    s4, s8, s16 = (f.unflatten(0, (B, T)) for f in encoder(frames))
+    s4.requires_grad_(True)
+    s8.requires_grad_(True)
+    task, _, targets = _batch()
+    output = head(task, s16, high_res=(s4, s8))
+    assert output.masks.shape == (B, T, 16, 16)
+    total = sum(head.loss(output, targets).values())
+    grad4, grad8 = torch.autograd.grad(total, (s4, s8))
+    assert grad4.abs().sum() > 0 and grad8.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"high_res\[1\]"):
+        head(task, s16, high_res=(s4, s4))
+    with pytest.raises(ValueError, match="high_res"):
+        head(task, s16)
+    with pytest.raises(ValueError, match="high_res"):
+        _head()(task, s16[:, :, :C], high_res=(s4, s8))

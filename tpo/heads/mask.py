@@ -89,13 +89,9 @@ class _TwoWayBlock(nn.Module):
             q = tokens + token_pe
             tokens = tokens + self.self_attn(q, q, tokens)
         tokens = self.norms[0](tokens)
-        tokens = self.norms[1](
-            tokens + self.token_to_image(tokens + token_pe, image + image_pe, image)
-        )
+        tokens = self.norms[1](tokens + self.token_to_image(tokens + token_pe, image + image_pe, image))
         tokens = self.norms[2](tokens + self.mlp(tokens))
-        image = self.norms[3](
-            image + self.image_to_token(image + image_pe, tokens + token_pe, tokens)
-        )
+        image = self.norms[3](image + self.image_to_token(image + image_pe, tokens + token_pe, tokens))
         return tokens, image
 
 
@@ -105,13 +101,10 @@ class TwoWayTransformer(nn.Module):
     ``forward(tokens (B, L, d), image (B, N, d), image_pe (N, d)) -> (tokens, image)``.
     """
 
-    def __init__(
-        self, *, dim: int, num_heads: int, num_layers: int, mlp_dim: int, downsample: int = 2
-    ):
+    def __init__(self, *, dim: int, num_heads: int, num_layers: int, mlp_dim: int, downsample: int = 2):
         super().__init__()
         self.layers = nn.ModuleList(
-            _TwoWayBlock(dim, num_heads, mlp_dim, downsample, skip_pe=(i == 0))
-            for i in range(num_layers)
+            _TwoWayBlock(dim, num_heads, mlp_dim, downsample, skip_pe=(i == 0)) for i in range(num_layers)
         )
         self.final_attn = _Attention(dim, num_heads, downsample)
         self.final_norm = nn.LayerNorm(dim)
@@ -143,7 +136,10 @@ class MaskHead(nn.Module):
     and a mask token they run through a two-way transformer against the image embedding (a
     1x1-conv projection of the patch grid plus 2-D sine positions). For video, the mask tokens
     of the ``T`` frames then attend to each other (light temporal attention). Two transposed
-    convolutions upscale the image embedding 4x; the mask is the dot product of each pixel with
+    convolutions upscale the image embedding 4x (adding projected 2x and 4x features when
+    ``high_res_dims`` is set, as SAM2 does with its FPN levels, e.g. a timm encoder's
+    ``features_only`` maps at strides 4 and 8 next to stride 16); the mask is the dot product
+    of each pixel with
     a hypernetwork MLP of the mask token. An MLP on the IoU token predicts the mask's IoU.
 
     Args:
@@ -158,6 +154,8 @@ class MaskHead(nn.Module):
         mask_loss: ``"focal"`` (SAM2: focal 20 + dice 1) or ``"bce"`` (LISA: BCE 2 + dice 0.5);
             ignored when ``criterion`` is given.
         criterion: the loss; default :class:`MaskCriterion` with ``mask_loss`` and IoU-MSE 1.
+        high_res_dims: channels ``(C_4x, C_2x)`` of optional higher-resolution features at 4x
+            and 2x the image grid; ``None`` for the image embedding alone.
     """
 
     def __init__(
@@ -173,6 +171,7 @@ class MaskHead(nn.Module):
         temporal_attention: bool = True,
         mask_loss: Literal["focal", "bce"] = "focal",
         criterion: MaskCriterion | None = None,
+        high_res_dims: tuple[int, int] | None = None,
     ):
         super().__init__()
         if hidden_dim % 8:
@@ -182,9 +181,7 @@ class MaskHead(nn.Module):
         self.prompt_proj = nn.Sequential(
             nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_prompt_tokens * hidden_dim)
         )
-        self.image_proj = nn.Sequential(
-            nn.Conv2d(image_dim, hidden_dim, 1), _LayerNorm2d(hidden_dim)
-        )
+        self.image_proj = nn.Sequential(nn.Conv2d(image_dim, hidden_dim, 1), _LayerNorm2d(hidden_dim))
         self.output_tokens = nn.Embedding(2, hidden_dim)  # IoU token, mask token
         self.transformer = TwoWayTransformer(
             dim=hidden_dim, num_heads=num_heads, num_layers=num_layers, mlp_dim=mlp_dim
@@ -193,26 +190,32 @@ class MaskHead(nn.Module):
         if temporal_attention:
             self.temporal_attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
             self.temporal_norm = nn.LayerNorm(hidden_dim)
-        self.upscale = nn.Sequential(
-            nn.ConvTranspose2d(hidden_dim, hidden_dim // 4, 2, stride=2),
-            _LayerNorm2d(hidden_dim // 4),
-            nn.GELU(),
-            nn.ConvTranspose2d(hidden_dim // 4, hidden_dim // 8, 2, stride=2),
-            nn.GELU(),
-        )
-        self.hypernet = MLP(
-            in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=hidden_dim // 8, num_layers=3
-        )
+        self.upscale_1 = nn.ConvTranspose2d(hidden_dim, hidden_dim // 4, 2, stride=2)
+        self.upscale_norm = _LayerNorm2d(hidden_dim // 4)
+        self.upscale_2 = nn.ConvTranspose2d(hidden_dim // 4, hidden_dim // 8, 2, stride=2)
+        self.high_res_dims = high_res_dims
+        if high_res_dims is not None:
+            self.high_res_proj = nn.ModuleList(
+                (
+                    nn.Conv2d(high_res_dims[0], hidden_dim // 8, 1),
+                    nn.Conv2d(high_res_dims[1], hidden_dim // 4, 1),
+                )
+            )
+        self.hypernet = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=hidden_dim // 8, num_layers=3)
         self.iou_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=3)
         self.criterion = criterion if criterion is not None else MaskCriterion(mask_loss=mask_loss)
 
-    def forward(self, task_embeds: Tensor, image: Tensor) -> MaskOutput:
+    def forward(
+        self, task_embeds: Tensor, image: Tensor, high_res: Sequence[Tensor] | None = None
+    ) -> MaskOutput:
         """Decode one mask per frame.
 
         Args:
             task_embeds: ``(B, D)`` task embedding (LLM hidden state at the seg token).
             image: ``(B, T, C, h, w)`` image embedding per frame (e.g. the backbone's tokens
                 reshaped to the patch grid, or a timm feature map).
+            high_res: with ``high_res_dims`` set, ``(B, T, C_4x, 4h, 4w)`` and
+                ``(B, T, C_2x, 2h, 2w)`` features; otherwise ``None``.
         """
         sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
         sizes.update(check_shape(image, "image", (sizes["B"], "T", "C", "h", "w")))
@@ -231,12 +234,41 @@ class MaskHead(nn.Module):
             pos = seq + sine_position_1d(length, dim, image.device)
             seq = self.temporal_norm(seq + self.temporal_attn(pos, pos, seq, need_weights=False)[0])
             mask_token = seq.flatten(0, 1)
-        upscaled = self.upscale(image_tokens.transpose(1, 2).reshape(-1, dim, height, width))
+        upscaled = self._upscale(
+            image_tokens.transpose(1, 2).reshape(-1, dim, height, width),
+            self._check_high_res(high_res, batch, length, height, width),
+        )
         masks = torch.einsum("nc,nchw->nhw", self.hypernet(mask_token), upscaled)
         iou = self.iou_head(iou_token)[:, 0].sigmoid()
-        return MaskOutput(
-            masks=masks.unflatten(0, (batch, length)), iou=iou.unflatten(0, (batch, length))
-        )
+        return MaskOutput(masks=masks.unflatten(0, (batch, length)), iou=iou.unflatten(0, (batch, length)))
+
+    def _check_high_res(
+        self, high_res: Sequence[Tensor] | None, batch: int, length: int, height: int, width: int
+    ) -> list[Tensor] | None:
+        """``high_res`` flattened to ``(B T, C, H, W)`` after checking it against the config."""
+        if self.high_res_dims is None:
+            if high_res is not None:
+                raise ValueError("high_res: given, but the head was built without high_res_dims")
+            return None
+        if high_res is None or len(high_res) != 2:
+            raise ValueError("high_res: expected two tensors, (B, T, C_4x, 4h, 4w) and 2x")
+        flat = []
+        for i, (features, scale) in enumerate(zip(high_res, (4, 2), strict=True)):
+            expected = (batch, length, self.high_res_dims[i], scale * height, scale * width)
+            check_shape(features, f"high_res[{i}]", expected)
+            flat.append(features.flatten(0, 1))
+        return flat
+
+    def _upscale(self, x: Tensor, high_res: list[Tensor] | None) -> Tensor:
+        """``(N, d, h, w)`` -> ``(N, d / 8, 4 h, 4 w)``, SAM2's upscaling with optional skips."""
+        x = self.upscale_1(x)
+        if high_res is not None:
+            x = x + self.high_res_proj[1](high_res[1])
+        x = F.gelu(self.upscale_norm(x))
+        x = self.upscale_2(x)
+        if high_res is not None:
+            x = x + self.high_res_proj[0](high_res[0])
+        return F.gelu(x)
 
     def loss(self, output: MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``loss_mask``, ``loss_dice``, ``loss_iou`` against ``targets["masks"]``.
@@ -251,9 +283,7 @@ class MaskHead(nn.Module):
         return mask_losses(self.criterion, output, targets["masks"])
 
     @torch.no_grad()
-    def postprocess(
-        self, output: MaskOutput, meta: Sequence[Mapping[str, Any]]
-    ) -> list[MaskPrediction]:
+    def postprocess(self, output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> list[MaskPrediction]:
         """Bool masks at ``meta[b]["image_size"]`` ``(height, width)`` pixels (bilinear resize
         of the logits, threshold 0); scores are the predicted IoUs."""
         return postprocess_masks(output, meta)
@@ -277,9 +307,7 @@ def mask_losses(criterion: MaskCriterion, output: MaskOutput, target: Tensor) ->
 
 
 @torch.no_grad()
-def postprocess_masks(
-    output: MaskOutput, meta: Sequence[Mapping[str, Any]]
-) -> list[MaskPrediction]:
+def postprocess_masks(output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> list[MaskPrediction]:
     """Per sample, bool masks ``(T, H, W)`` at ``meta[b]["image_size"]`` and IoU scores."""
     predictions = []
     for b in range(output.masks.shape[0]):
