@@ -92,7 +92,7 @@ def blobs(rng: np.random.Generator, t: int, h: int, w: int) -> np.ndarray:
 
 
 CASES = [(4, 17, 23, 0.05), (3, 9, 70, 0.008), (3, 12, 130, 2.0), (2, 1, 66, 0.3),
-         (2, 20, 1, 0.3), (3, 16, 64, 0.12)]
+         (2, 20, 1, 0.3), (3, 16, 64, 0.12), (2, 6, 300, 70.0)]
 
 
 @pytest.mark.parametrize(("t", "h", "w", "bound_th"), CASES)

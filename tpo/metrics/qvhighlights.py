@@ -69,37 +69,23 @@ def _pct(value: float) -> float:
 
 
 def _pack(rows: Sequence[Sequence[Sequence[float]]], width: int, qids: Sequence[Any],
-          what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query lists of ``width``-long rows -> ``(Q, N, width)`` float64 and ``(Q, N)`` mask."""
-    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    n = int(lens.max(initial=0))
-    out = np.zeros((len(rows), n, width))
-    mask = np.zeros((len(rows), n), dtype=bool)
-    if lens.sum() > 0:
-        try:
-            flat = np.asarray(list(chain.from_iterable(rows)), dtype=np.float64)
-        except (ValueError, TypeError):
-            flat = None
-        if flat is None or flat.ndim != 2 or flat.shape[1] < width:
-            for qid, r in zip(qids, rows, strict=True):
-                for w in r:
-                    if not isinstance(w, (list, tuple)) or len(w) < width:
-                        raise ValueError(f"qid {qid}: {what} entries must have {width} numbers, "
-                                         f"got {w!r}")
-            raise ValueError(f"{what}: rows of mixed length")
-        q_idx = np.repeat(np.arange(len(rows)), lens)
-        pos = np.arange(len(q_idx)) - np.repeat(np.cumsum(lens) - lens, lens)
-        out[q_idx, pos] = flat[:, :width]
-        mask[q_idx, pos] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
+          what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query lists of ``width``-long rows -> ``(Q, N, width)`` float64 and ``(Q, N)`` mask.
+
+    Entries longer than ``width`` (e.g. a score after start, end) are cut.
+    """
+    for qid, r in zip(qids, rows, strict=True):
+        if any(len(w) < width for w in r):
+            raise ValueError(f"qid {qid}: {what} entries need at least {width} numbers")
+    flat, lens = _flat([[w[:width] for w in r] for r in rows], what, qids, width)
+    return _scatter(flat.reshape(-1, width), lens)
 
 
-def _check_windows(windows: torch.Tensor, mask: torch.Tensor, qids: Sequence[Any],
+def _check_windows(windows: np.ndarray, mask: np.ndarray, qids: Sequence[Any],
                    what: str) -> None:
-    bad = (mask & (windows[..., 0] > windows[..., 1])).any(-1)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"qid {qids[i]}: {what} has a window with start > end")
+    bad = np.flatnonzero((mask & (windows[..., 0] > windows[..., 1])).any(-1))
+    if len(bad):
+        raise ValueError(f"qid {qids[bad[0]]}: {what} has a window with start > end")
 
 
 def _index(rows: Sequence[dict], what: str) -> dict[Any, dict]:
@@ -142,7 +128,7 @@ def _moment_retrieval(submission: Sequence[dict], gts: Sequence[dict],
     out: dict[str, dict] = {}
     for name, bounds in buckets.items():
         if bounds is None:
-            keep, gm = torch.ones(len(qids), dtype=torch.bool), gmask
+            keep, gm = np.ones(len(qids), dtype=bool), gmask
         else:
             gm = gmask & (length > bounds[0]) & (length <= bounds[1])
             keep = gm.any(-1)
@@ -150,49 +136,89 @@ def _moment_retrieval(submission: Sequence[dict], gts: Sequence[dict],
         g, gm = gt[keep], gm[keep]
         # the official evaluator averages AP only over queries that have predictions
         has_pred = pm.any(-1)
-        ap = moment_average_precision(p[has_pred], s[has_pred], pm[has_pred], g[has_pred],
-                                      gm[has_pred]).numpy()
+        ap = moment_average_precision(*(torch.from_numpy(x[has_pred]) for x in (p, s, pm, g, gm))
+                                      ).numpy()
         ap_thds = ap.mean(0) if len(ap) else np.zeros(len(MAP_IOU_THRESHOLDS))
         mr_map = {str(t): _pct(v) for t, v in zip(MAP_IOU_THRESHOLDS, ap_thds, strict=True)}
         mr_map["average"] = _pct(np.mean(ap_thds))
-        iou = moment_top1_iou(p, pm, g, gm).numpy()
+        iou = moment_top1_iou(*(torch.from_numpy(x) for x in (p, pm, g, gm))).numpy()
         r1 = {str(t): _pct(np.mean(iou >= t)) if len(iou) else 0.0 for t in MAP_IOU_THRESHOLDS}
         out[name] = {"MR-mAP": mr_map, "MR-R1": r1}
     return out
 
 
-def _highlight_labels(gts: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def _flat(rows: Sequence[Sequence], what: str, qids: Sequence[Any],
+          width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-query lists -> (flat float64 array, per-query lengths)."""
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    try:
+        flat = np.asarray(list(chain.from_iterable(rows)), dtype=np.float64)
+    except (ValueError, TypeError) as err:
+        for qid, r in zip(qids, rows, strict=True):
+            try:
+                np.asarray(r, dtype=np.float64)
+            except (ValueError, TypeError):
+                raise ValueError(f"qid {qid}: malformed {what}: {r!r}") from err
+        raise ValueError(f"{what}: rows of mixed length") from err
+    if width is not None and len(flat) and (flat.ndim != 2 or flat.shape[1] != width):
+        offsets = np.cumsum(lens)
+        for qid, r in zip(qids, rows, strict=True):
+            if any(len(v) != width for v in r):
+                raise ValueError(f"qid {qid}: {what} needs {width} values per entry")
+        raise ValueError(f"{what}: expected {width} values per entry ({offsets[-1]} entries)")
+    return flat, lens
+
+
+def _scatter(flat: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ``(sum(lens), ...)`` values -> padded ``(Q, max(lens), ...)`` and ``(Q, N)`` mask."""
+    n = int(lens.max(initial=0))
+    q_idx = np.repeat(np.arange(len(lens)), lens)
+    pos = np.arange(len(q_idx)) - np.repeat(np.cumsum(lens) - lens, lens)
+    out = np.zeros((len(lens), n, *flat.shape[1:]))
+    mask = np.zeros((len(lens), n), dtype=bool)
+    out[q_idx, pos] = flat
+    mask[q_idx, pos] = True
+    return out, mask
+
+
+def _highlight_labels(gts: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``(Q, C, 3)`` annotator scores 0..4 over all 2-s clips and the ``(Q, C)`` clip mask."""
-    n_clips = [int(g["duration"] / CLIP_SECONDS) for g in gts]
-    c = max(n_clips, default=0)
-    scores = np.zeros((len(gts), c, 3))
-    for i, g in enumerate(gts):
-        ids = np.asarray(g["relevant_clip_ids"], dtype=np.int64)
-        sal = np.asarray(g["saliency_scores"], dtype=np.float64).reshape(len(ids), -1)
-        if sal.shape[1] != 3:
-            raise ValueError(f"qid {g['qid']}: saliency_scores must have 3 annotators per clip")
-        if len(ids) and (ids.min() < 0 or ids.max() >= n_clips[i]):
-            raise ValueError(f"qid {g['qid']}: relevant_clip_ids outside the "
-                             f"{n_clips[i]} clips of a {g['duration']} s video")
-        scores[i, ids] = sal
-    mask = torch.arange(c)[None, :] < torch.tensor(n_clips)[:, None]
-    return torch.from_numpy(scores), mask
+    qids = [g["qid"] for g in gts]
+    n_clips = np.fromiter((int(g["duration"] / CLIP_SECONDS) for g in gts), dtype=np.int64,
+                          count=len(gts))
+    ids, id_lens = _flat([g["relevant_clip_ids"] for g in gts], "relevant_clip_ids", qids)
+    sal, sal_lens = _flat([g["saliency_scores"] for g in gts], "saliency_scores", qids, 3)
+    bad = np.flatnonzero(id_lens != sal_lens)
+    if len(bad):
+        raise ValueError(f"qid {qids[bad[0]]}: saliency_scores needs one [a0, a1, a2] per "
+                         "relevant clip")
+    q_idx = np.repeat(np.arange(len(gts)), id_lens)
+    ids = ids.astype(np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= n_clips[q_idx]))
+    if len(bad):
+        g = gts[q_idx[bad[0]]]
+        raise ValueError(f"qid {g['qid']}: relevant_clip_ids outside the "
+                         f"{n_clips[q_idx[bad[0]]]} clips of a {g['duration']} s video")
+    scores = np.zeros((len(gts), int(n_clips.max(initial=0)), 3))
+    if len(ids):
+        scores[q_idx, ids] = sal.reshape(-1, 3)
+    return scores, np.arange(scores.shape[1])[None, :] < n_clips[:, None]
 
 
 def _highlight(submission: Sequence[dict], gts: Sequence[dict]) -> dict[str, dict]:
     qids = [r["qid"] for r in submission]
     gt_scores, cmask = _highlight_labels(gts)
-    raw, raw_mask = _pack([[[v] for v in r["pred_saliency_scores"]] for r in submission], 1,
-                          qids, "pred_saliency_scores")
-    raw = raw[..., 0]
+    raw, raw_mask = _scatter(*_flat([r["pred_saliency_scores"] for r in submission],
+                                    "pred_saliency_scores", qids))
     c = cmask.shape[1]
-    aligned = torch.zeros(len(qids), c, dtype=torch.float64)
+    aligned = np.zeros((len(qids), c))
     width = min(c, raw.shape[1])
-    aligned[:, :width] = torch.where(raw_mask[:, :width], raw[:, :width], 0.0)
-    aligned = torch.where(cmask, aligned, 0.0)
+    aligned[:, :width] = np.where(raw_mask[:, :width], raw[:, :width], 0.0)
+    aligned = torch.from_numpy(np.where(cmask, aligned, 0.0))
+    raw, raw_mask, cmask = (torch.from_numpy(x) for x in (raw, raw_mask, cmask))
     out = {}
     for name, level in HIGHLIGHT_LEVELS.items():
-        labels = (gt_scores >= level) & cmask[..., None]
+        labels = torch.from_numpy(gt_scores >= level) & cmask[..., None]
         ap = highlight_average_precision(aligned, labels, cmask).numpy()
         hit = highlight_hit_at_one(raw, raw_mask, labels, cmask).numpy()
         out[f"HL-min-{name}"] = {"HL-mAP": _pct(np.mean(ap)),
@@ -260,10 +286,10 @@ def evaluate_charades_sta(predictions: Sequence[dict], annotations: Sequence[dic
     gt, gmask = _pack([g["relevant_windows"] for g in gts], 2, qids, "relevant_windows")
     _check_windows(pred, pmask, qids, "pred_relevant_windows")
     _check_windows(gt, gmask, qids, "relevant_windows")
-    empty = ~gmask.any(-1)
-    if bool(empty.any()):
-        raise ValueError(f"qid {qids[int(empty.nonzero()[0, 0])]}: no relevant_windows")
-    iou = moment_top1_iou(pred, pmask, gt, gmask).numpy()
+    empty = np.flatnonzero(~gmask.any(-1))
+    if len(empty):
+        raise ValueError(f"qid {qids[empty[0]]}: no relevant_windows")
+    iou = moment_top1_iou(*(torch.from_numpy(x) for x in (pred, pmask, gt, gmask))).numpy()
     out = {f"R1@{t}": _pct(np.mean(iou >= t)) for t in thresholds}
     out["mIoU"] = _pct(np.mean(iou))
     return out

@@ -71,45 +71,78 @@ def _from_left(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _next_row(x: np.ndarray) -> np.ndarray:
+    """Row ``y`` takes row ``y + 1`` (zero for the last row) of ``(T, n_words, H)`` words."""
+    out = np.empty_like(x)
+    out.reshape(-1)[:-1] = x.reshape(-1)[1:]
+    out[..., -1] = 0
+    return out
+
+
 def _boundary(seg: np.ndarray, width: int) -> np.ndarray:
     """DAVIS ``seg2bmap`` on packed ``(T, n_words, H)`` rows."""
     east = _from_right(seg)
-    south = np.zeros_like(seg)
-    south[..., :-1] = seg[..., 1:]
-    south_east = _from_right(south)
-    b = (seg ^ east) | (seg ^ south) | (seg ^ south_east)
+    south = _next_row(seg)
+    south_east = _next_row(east)
+    b = seg ^ east
+    b_s = seg ^ south
+    b |= b_s
+    b |= np.bitwise_xor(seg, south_east, out=south_east)
     word, bit = divmod(width - 1, 64)
     last_col = _ONE << np.uint64(bit)
-    b[:, word] = (b[:, word] & ~last_col) | ((seg ^ south)[:, word] & last_col)
-    b[..., -1] = (seg ^ east)[..., -1]
+    b[:, word] = (b[:, word] & ~last_col) | (b_s[:, word] & last_col)
+    b[..., -1] = seg[..., -1] ^ east[..., -1]
     b[:, word, -1] &= ~last_col
     return b
 
 
-def _grow(cur: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """``out = cur`` dilated by one column each way (buffers reused: no page faults)."""
-    np.right_shift(cur, _ONE, out=out)
-    np.left_shift(cur[:, 1:], np.uint64(63), out=tmp[:, :-1])
+def _grow(cur: np.ndarray, k: int, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """``out = cur | cur`` shifted ``k`` columns each way (``1 <= k <= 63``), carries across
+    words included; buffers are reused to avoid page faults."""
+    shift, back = np.uint64(k), np.uint64(64 - k)
+    np.right_shift(cur, shift, out=out)
+    np.left_shift(cur[:, 1:], back, out=tmp[:, :-1])
     out[:, :-1] |= tmp[:, :-1]
-    np.left_shift(cur, _ONE, out=tmp)
+    np.left_shift(cur, shift, out=tmp)
     out |= tmp
-    np.right_shift(cur[:, :-1], np.uint64(63), out=tmp[:, 1:])
+    np.right_shift(cur[:, :-1], back, out=tmp[:, 1:])
     out[:, 1:] |= tmp[:, 1:]
     out |= cur
     return out
 
 
-def _dilate_disk(b: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of packed rows by the digital disk ``dx^2 + dy^2 <= radius^2``."""
-    runs = [b]
+def _runs(b: np.ndarray, widths: set[int]) -> dict[int, np.ndarray]:
+    """Horizontal dilations ``H_w`` (half-width ``w``) for every ``w`` in ``widths``.
+
+    ``H_a | shift(H_a, +-k)`` is ``H_{a+k}`` when ``k <= 2a + 1`` (and ``k <= 63``), so each
+    width costs one shift-and-OR pass from the widest run below it (a doubling ladder fills
+    larger gaps).
+    """
+    runs = {0: b}
     tmp = np.empty_like(b)
-    for _ in range(radius):
-        runs.append(_grow(runs[-1], np.empty_like(b), tmp))
-    out = runs[radius]
+    for w in sorted(widths - {0}):
+        a = max(runs)
+        while w - a > min(2 * a + 1, 63):  # a shift spans at most one word boundary
+            k = min(a + 1, 63)
+            runs[a + k] = _grow(runs[a], k, np.empty_like(b), tmp)
+            a += k
+        runs[w] = _grow(runs[a], w - a, np.empty_like(b), tmp)
+    return runs
+
+
+def _dilate_disk(b: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of packed ``(T, n_words, H)`` rows by the digital disk
+    ``dx^2 + dy^2 <= radius^2``. The last ``radius`` rows of ``b`` must be zero padding: row
+    offsets are then flat shifts that never mix two word columns (the padding rows of the
+    result are left undefined)."""
+    widths = [math.isqrt(radius * radius - dy * dy) for dy in range(radius + 1)]
+    runs = _runs(b, set(widths))
+    out = runs[radius].copy() if radius == 0 else runs[radius]
+    flat = out.reshape(-1)
     for dy in range(1, radius + 1):
-        run = runs[math.isqrt(radius * radius - dy * dy)]
-        out[..., :-dy] |= run[..., dy:]
-        out[..., dy:] |= run[..., :-dy]
+        run = runs[widths[dy]].reshape(-1)
+        flat[:-dy] |= run[dy:]
+        flat[dy:] |= run[:-dy]
     return out
 
 
@@ -127,6 +160,13 @@ def boundary_radius(height: int, width: int, bound_th: float = 0.008) -> int:
     if bound_th < 0:
         raise ValueError(f"bound_th must be >= 0, got {bound_th}")
     return int(np.ceil(bound_th * np.linalg.norm((height, width))))
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """Append ``n`` zero rows to ``(T, n_words, H)`` words."""
+    out = np.zeros((*x.shape[:2], x.shape[2] + n), dtype=x.dtype)
+    out[..., : x.shape[2]] = x
+    return out
 
 
 _CHUNK_WORDS = 1 << 15  # frames are processed in chunks of about this many words (cache-sized)
@@ -147,7 +187,7 @@ def _f_from_packed(fg: np.ndarray, gt: np.ndarray, width: int, radius: int) -> T
             continue
         rows = np.flatnonzero(active.any(axis=(0, 1)))
         crop = np.s_[:, words[0] : words[-1] + 1, rows[0] : rows[-1] + 1]
-        fg_c, gt_c = fg_b[crop], gt_b[crop]
+        fg_c, gt_c = _pad_rows(fg_b[crop], radius), _pad_rows(gt_b[crop], radius)
         fg_match[sl] = _popcount(fg_c & _dilate_disk(gt_c, radius))
         gt_match[sl] = _popcount(gt_c & _dilate_disk(fg_c, radius))
     both = (n_fg > 0) & (n_gt > 0)

@@ -13,13 +13,16 @@ Conventions follow Moment-DETR's ``standalone_eval`` (QVHighlights):
   distinct score threshold that recalls a new positive clip (scikit-learn curve semantics);
   all-positive labels give 1, all-negative 0. Hit@1: the label of the top-scored clip.
 
-Padded layouts: ``(Q, N, ...)`` tensors with a ``(Q, N)`` bool mask of real entries.
+Padded layouts: ``(Q, N, ...)`` tensors with a ``(Q, N)`` bool mask of real entries. The work
+is many small array operations, done in NumPy float64 (single-threaded: intra-op threads only
+add contention at these sizes); inputs and outputs are torch tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,18 +60,33 @@ def pad_windows(
     return out, mask
 
 
+def _np(x: Tensor, dtype: type = np.float64) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def _iou_np(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    inter = np.minimum(pred[:, :, None, 1], gt[:, None, :, 1]) - np.maximum(
+        pred[:, :, None, 0], gt[:, None, :, 0])
+    np.maximum(inter, 0, out=inter)
+    union = (pred[:, :, None, 1] - pred[:, :, None, 0]) + (gt[:, None, :, 1] - gt[:, None, :, 0])
+    union -= inter
+    pos = union > 0
+    return np.where(pos, inter / np.where(pos, union, 1.0), 0.0)
+
+
 def cross_temporal_iou(pred: Tensor, gt: Tensor) -> Tensor:
     """Batched pairwise IoU, ``pred (Q, P, 2)`` x ``gt (Q, G, 2)`` (start, end) -> ``(Q, P, G)``.
 
     ``intersection / (len_a + len_b - intersection)``; an empty union gives 0.
     """
-    inter = (
-        torch.minimum(pred[:, :, None, 1], gt[:, None, :, 1])
-        - torch.maximum(pred[:, :, None, 0], gt[:, None, :, 0])
-    ).clamp(min=0)
-    union = (pred[:, :, None, 1] - pred[:, :, None, 0]) + (gt[:, None, :, 1] - gt[:, None, :, 0])
-    union = union - inter
-    return torch.where(union > 0, inter / torch.where(union > 0, union, 1.0), 0.0)
+    return torch.from_numpy(_iou_np(_np(pred), _np(gt)))
+
+
+def _rank(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Stable descending order of ``scores`` per row, padding last."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    pad_last = np.argsort(~np.take_along_axis(mask, order, 1), axis=1, kind="stable")
+    return np.take_along_axis(order, pad_last, 1)
 
 
 def moment_average_precision(
@@ -92,43 +110,42 @@ def moment_average_precision(
         ``(Q, K)`` float64 AP in [0, 1] for the ``K`` thresholds; 0 for a query without
         predictions.
     """
-    q, p = pred_mask.shape
-    thr = torch.tensor(thresholds, dtype=torch.float64)
+    pm, gm = _np(pred_mask, bool), _np(gt_mask, bool)
+    q, p = pm.shape
+    thr = np.asarray(thresholds, dtype=np.float64)
+    k_n = len(thr)
     if q == 0:
-        return torch.zeros(0, len(thr), dtype=torch.float64)
-    n_gt = gt_mask.sum(-1).to(torch.float64)
-    if bool((n_gt == 0).any()):
+        return torch.zeros(0, k_n, dtype=torch.float64)
+    n_gt = gm.sum(-1).astype(np.float64)
+    if (n_gt == 0).any():
         raise ValueError("moment_average_precision: every query needs a ground-truth window")
-    ranked = torch.where(pred_mask, scores.to(torch.float64), -torch.inf)
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
-    # Padding sorts last even against -inf scores: order real entries first, stably.
-    order = torch.gather(order, 1, torch.sort((~pred_mask).gather(1, order).to(torch.int8),
-                                             dim=1, stable=True).indices)
-    pred = pred.gather(1, order[..., None].expand(-1, -1, 2))
-    valid = pred_mask.gather(1, order)
-    iou = cross_temporal_iou(pred, gt)  # (Q, P, G)
-    iou = torch.where(gt_mask[:, None, :], iou, -1.0)
-    g = gt.shape[1]
-    locked = torch.zeros(q, len(thr), g, dtype=torch.bool)
-    tp = torch.zeros(q, len(thr), p, dtype=torch.bool)
+    order = _rank(np.where(pm, _np(scores), -np.inf), pm)
+    windows = np.take_along_axis(_np(pred), order[..., None], 1)
+    valid = np.take_along_axis(pm, order, 1)
+    iou = np.where(gm[:, None, :], _iou_np(windows, _np(gt)), -1.0)  # (Q, P, G)
+    g = iou.shape[-1]
+    over = iou[:, :, None, :] >= thr[None, None, :, None]  # (Q, P, K, G)
+    locked = np.zeros((q, k_n, g), dtype=bool)
+    tp = np.zeros((q, k_n, p), dtype=bool)
+    rows = np.arange(q)[:, None]
+    cols = np.arange(k_n)[None, :]
     for k in range(p):
-        iou_k = iou[:, k, None, :]  # (Q, 1, G)
-        free = (iou_k >= thr[None, :, None]) & ~locked  # (Q, K, G)
-        cand = torch.where(free, iou_k, -torch.inf)
+        free = over[:, k] & ~locked  # (Q, K, G)
+        cand = np.where(free, iou[:, k, None, :], -np.inf)
         # the highest IoU wins; among equal IoUs the later-listed window (reverse argsort)
-        pick = g - 1 - cand.flip(-1).argmax(-1)  # (Q, K)
+        pick = g - 1 - np.argmax(cand[..., ::-1], axis=-1)  # (Q, K)
         hit = free.any(-1) & valid[:, k, None]
         tp[:, :, k] = hit
-        locked.scatter_(2, pick[..., None], hit[..., None] | locked.gather(2, pick[..., None]))
+        locked[rows, cols, pick] |= hit
     fp = valid[:, None, :] & ~tp
-    tp_cum = tp.to(torch.float64).cumsum(-1)
-    fp_cum = fp.to(torch.float64).cumsum(-1)
+    tp_cum = np.cumsum(tp, -1, dtype=np.float64)
+    fp_cum = np.cumsum(fp, -1, dtype=np.float64)
     recall = tp_cum / n_gt[:, None, None]
     denom = tp_cum + fp_cum
-    precision = torch.where(denom > 0, tp_cum / torch.where(denom > 0, denom, 1.0), 0.0)
-    envelope = precision.flip(-1).cummax(-1).values.flip(-1)
-    d_recall = torch.diff(recall, dim=-1, prepend=torch.zeros(q, len(thr), 1, dtype=torch.float64))
-    return (d_recall * envelope).sum(-1)
+    precision = np.where(denom > 0, tp_cum / np.where(denom > 0, denom, 1.0), 0.0)
+    envelope = np.maximum.accumulate(precision[..., ::-1], axis=-1)[..., ::-1]
+    d_recall = np.diff(recall, axis=-1, prepend=0.0)
+    return torch.from_numpy((d_recall * envelope).sum(-1))
 
 
 def moment_top1_iou(pred: Tensor, pred_mask: Tensor, gt: Tensor, gt_mask: Tensor) -> Tensor:
@@ -146,15 +163,15 @@ def moment_top1_iou(pred: Tensor, pred_mask: Tensor, gt: Tensor, gt_mask: Tensor
     q = pred.shape[0]
     if q == 0 or pred.shape[1] == 0:
         return torch.zeros(q, dtype=torch.float64)
-    top = pred[:, :1]
-    iou = torch.where(gt_mask, cross_temporal_iou(top, gt)[:, 0], -1.0)
-    best = gt.gather(1, iou.argmax(-1)[:, None, None].expand(-1, 1, 2))[:, 0]
+    top = _np(pred)[:, :1]
+    gts, gm = _np(gt), _np(gt_mask, bool)
+    iou = np.where(gm, _iou_np(top, gts)[:, 0], -1.0)
+    best = np.take_along_axis(gts, np.argmax(iou, -1)[:, None, None], 1)[:, 0]
     top = top[:, 0]
-    inter = torch.minimum(top[:, 1], best[:, 1]) - torch.maximum(top[:, 0], best[:, 0])
-    inter = inter.clamp(min=0)
-    hull = torch.maximum(top[:, 1], best[:, 1]) - torch.minimum(top[:, 0], best[:, 0])
-    out = torch.where(hull != 0, inter / torch.where(hull != 0, hull, 1.0), 0.0)
-    return torch.where(pred_mask[:, 0] & gt_mask.any(-1), out, 0.0)
+    inter = np.maximum(np.minimum(top[:, 1], best[:, 1]) - np.maximum(top[:, 0], best[:, 0]), 0)
+    hull = np.maximum(top[:, 1], best[:, 1]) - np.minimum(top[:, 0], best[:, 0])
+    out = np.where(hull != 0, inter / np.where(hull != 0, hull, 1.0), 0.0)
+    return torch.from_numpy(np.where(_np(pred_mask, bool)[:, 0] & gm.any(-1), out, 0.0))
 
 
 def highlight_average_precision(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -172,29 +189,27 @@ def highlight_average_precision(scores: Tensor, labels: Tensor, mask: Tensor) ->
     q, c, a = labels.shape
     if q == 0:
         return torch.zeros(0, a, dtype=torch.float64)
-    s = torch.where(mask, scores.to(torch.float64), -torch.inf)
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    order = torch.gather(order, 1, torch.sort((~mask).gather(1, order).to(torch.int8),
-                                             dim=1, stable=True).indices)
-    s = s.gather(1, order)
-    valid = mask.gather(1, order)
-    y = labels.gather(1, order[..., None].expand(-1, -1, a)) & valid[..., None]  # (Q, C, A)
-    nxt_same = torch.zeros_like(valid)
+    m = _np(mask, bool)
+    s = np.where(m, _np(scores), -np.inf)
+    order = _rank(s, m)
+    s = np.take_along_axis(s, order, 1)
+    valid = np.take_along_axis(m, order, 1)
+    y = np.take_along_axis(_np(labels, bool), order[..., None], 1) & valid[..., None]
+    nxt_same = np.zeros_like(valid)
     nxt_same[:, :-1] = (s[:, 1:] == s[:, :-1]) & valid[:, 1:]
-    group_end = valid & ~nxt_same  # (Q, C): last position of each distinct score
-    tps = y.to(torch.float64).cumsum(1)  # (Q, C, A)
-    rank = torch.arange(1, c + 1, dtype=torch.float64)[None, :, None]
-    precision = torch.where(group_end[..., None], tps / rank, 0.0)
-    prev = torch.where(group_end[..., None], tps, 0.0).cummax(1).values
-    prev = torch.cat([torch.zeros(q, 1, a, dtype=torch.float64), prev[:, :-1]], 1)
-    counted = group_end[..., None] & (tps > prev)
-    envelope = precision.flip(1).cummax(1).values.flip(1)
+    group_end = (valid & ~nxt_same)[..., None]  # last position of each distinct score
+    tps = np.cumsum(y, 1, dtype=np.float64)  # (Q, C, A)
+    rank = np.arange(1, c + 1, dtype=np.float64)[None, :, None]
+    precision = np.where(group_end, tps / rank, 0.0)
+    prev = np.maximum.accumulate(np.where(group_end, tps, 0.0), axis=1)
+    prev = np.concatenate([np.zeros((q, 1, a)), prev[:, :-1]], 1)
+    counted = group_end & (tps > prev)
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
     n = counted.sum(1)
-    ap = torch.where(counted, envelope, 0.0).sum(1) / n.clamp(min=1)
+    ap = np.where(counted, envelope, 0.0).sum(1) / np.maximum(n, 1)
     n_pos = y.sum(1)
-    n_clips = valid.sum(1, keepdim=True)
-    ap = torch.where(n_pos == n_clips, 1.0, ap)
-    return torch.where(n_pos == 0, 0.0, ap)
+    ap = np.where(n_pos == valid.sum(1, keepdims=True), 1.0, ap)
+    return torch.from_numpy(np.where(n_pos == 0, 0.0, ap))
 
 
 def highlight_hit_at_one(
@@ -212,12 +227,11 @@ def highlight_hit_at_one(
         lies beyond the video's clips or the query has no scores.
     """
     q, c, a = labels.shape
-    if q == 0 or scores.shape[1] == 0:
+    if q == 0 or scores.shape[1] == 0 or c == 0:
         return torch.zeros(q, a, dtype=torch.bool)
-    top = torch.where(score_mask, scores.to(torch.float64), -torch.inf).argmax(1)  # (Q,)
-    inside = (top < mask.sum(1)) & score_mask.any(1)
-    idx = top.clamp(max=max(c - 1, 0))
-    if c == 0:
-        return torch.zeros(q, a, dtype=torch.bool)
-    hit = labels.gather(1, idx[:, None, None].expand(-1, 1, a))[:, 0]
-    return hit & inside[:, None]
+    sm = _np(score_mask, bool)
+    top = np.argmax(np.where(sm, _np(scores), -np.inf), 1)
+    inside = (top < _np(mask, bool).sum(1)) & sm.any(1)
+    idx = np.minimum(top, c - 1)
+    hit = np.take_along_axis(_np(labels, bool), idx[:, None, None], 1)[:, 0]
+    return torch.from_numpy(hit & inside[:, None])
