@@ -268,3 +268,22 @@ def test_resize_matches_pil():
         out = resize_frames(masks, (h, w))
         assert out.dtype == bool and np.array_equal(out, pil_masks)
     assert resize_frames(frames, None) is frames
+
+
+def test_cached_datasets_give_the_same_items(data):
+    samples = data.samples("temporal", "train")[:4]
+    plain = MomentDataset(samples, f"{data.root}/videos", num_frames=4, sampling="random")
+    cached = MomentDataset(samples, f"{data.root}/videos", num_frames=4, sampling="random",
+                           cache=True)
+    for key in [(0, 1), (1, 2), (0, 3), (3, 1)]:
+        a, b = plain[key], cached[key]
+        assert np.array_equal(a["video"], b["video"])
+        np.testing.assert_array_equal(a["meta"]["timestamps"], b["meta"]["timestamps"])
+    assert len(cached._readers) == len({s.vid for s in samples[:4]})
+    assert all(r.is_open for r in cached._readers.values())
+    masks = data.samples("mask", "train")[:2]
+    m_plain, m_cached = MaskDataset(masks, num_frames=4), MaskDataset(masks, num_frames=4,
+                                                                      cache=True)
+    for key in [0, 1, 0]:
+        assert np.array_equal(m_plain[key]["target"]["masks"], m_cached[key]["target"]["masks"])
+        assert np.array_equal(m_plain[key]["video"], m_cached[key]["video"])

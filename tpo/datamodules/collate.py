@@ -132,52 +132,62 @@ class TaskCollator:
                 pieces.append((self.chat.turn_end, False))
         return [(text, target) for text, target in pieces if text]
 
-    def _answer_spans(self, pieces: list[tuple[str, bool]], item_id
-                      ) -> tuple[list[tuple[int, int]], list[int], int]:
+    def _answer_spans(self, all_pieces: list[list[tuple[str, bool]]], item_ids: list
+                      ) -> list[tuple[list[tuple[int, int]], list[int], int]]:
         """Answer token ranges counted from the text's end, in the tokenizer's tokens.
 
-        Returns:
+        Every prefix of every text is tokenised in one batched call.
+
+        Returns, per item:
             ranges: ``(start, end)`` of every answer, as offsets from the end of the text tokens.
             tail: the tokens from the first answer to the end (for the alignment check).
             trailing: special tokens the tokenizer appends after the text.
         """
         tok = self.tokenizer
-        full = "".join(text for text, _ in pieces)
-        ids = tok(full, add_special_tokens=False)["input_ids"]
-        with_special = tok(full)["input_ids"]
-        lead = next((k for k in range(len(with_special) - len(ids) + 1)
-                     if with_special[k:k + len(ids)] == ids), None)
-        if lead is None:
-            raise ValueError(f"sample {item_id}: the tokenizer's special tokens interleave with "
-                             "the text; cannot locate the answers")
-        trailing = len(with_special) - lead - len(ids)
-        ranges, prefix, first, start = [], "", None, 0
-        for text, target in pieces:
-            prefix += text
-            prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-            end = len(prefix_ids)
-            if ids[:end] != prefix_ids:
-                raise ValueError(f"sample {item_id}: tokens merge across the boundary before "
-                                 f"{text!r}; make the chat format separate the pieces")
-            if target:
-                ranges.append((len(ids) - start, len(ids) - end))
-                first = start if first is None else first
-            start = end
-        return ranges, ids[first:] if first is not None else [], trailing
+        prefixes = []
+        for pieces in all_pieces:
+            acc = ""
+            for text, _ in pieces:
+                acc += text
+                prefixes.append(acc)
+        prefix_ids = iter(tok(prefixes, add_special_tokens=False)["input_ids"])
+        fulls = tok(["".join(t for t, _ in pieces) for pieces in all_pieces])["input_ids"]
+        out = []
+        for pieces, with_special, item_id in zip(all_pieces, fulls, item_ids, strict=True):
+            steps = [next(prefix_ids) for _ in pieces]
+            ids = steps[-1]
+            lead = next((k for k in range(len(with_special) - len(ids) + 1)
+                         if with_special[k:k + len(ids)] == ids), None)
+            if lead is None:
+                raise ValueError(f"sample {item_id}: the tokenizer's special tokens interleave "
+                                 "with the text; cannot locate the answers")
+            trailing = len(with_special) - lead - len(ids)
+            ranges, first, start = [], None, 0
+            for (text, target), step in zip(pieces, steps, strict=True):
+                end = len(step)
+                if ids[:end] != step:
+                    raise ValueError(f"sample {item_id}: tokens merge across the boundary before "
+                                     f"{text!r}; make the chat format separate the pieces")
+                if target:
+                    ranges.append((len(ids) - start, len(ids) - end))
+                    first = start if first is None else first
+                start = end
+            out.append((ranges, ids[first:] if first is not None else [], trailing))
+        return out
 
     # ------------------------------------------------------------------ batch
     def __call__(self, items: Sequence[dict]) -> dict:
         if not items:
             raise ValueError("collate: no items")
-        texts, images, videos, located = [], [], [], []
+        images, videos = [], []
         if self.images_as_videos:
             frames = max((len(it["video"]) for it in items if it.get("video") is not None),
                          default=1)
             items = [self._as_video(item, frames) for item in items]
+        all_pieces = [self._segments(item) for item in items]
+        texts = ["".join(text for text, _ in pieces) for pieces in all_pieces]
+        located = self._answer_spans(all_pieces, [item.get("id") for item in items])
         for item in items:
-            pieces = self._segments(item)
-            texts.append("".join(text for text, _ in pieces))
-            located.append(self._answer_spans(pieces, item.get("id")))
             if item.get("video") is not None:
                 videos.append(np.ascontiguousarray(item["video"]))
             elif item.get("image") is not None:

@@ -6,6 +6,9 @@ An item is a dict: ``task``, ``id``, ``video (T, H, W, 3)`` uint8 or ``image (H,
 ``meta`` and ``skipped``. Decoders are opened inside ``__getitem__``, so inside the DataLoader
 worker that loads the item.
 
+``cache=True`` keeps every decoded video / frame folder (and mask stack) in memory, per process,
+after its first use: for small datasets read for many epochs, such as the synthetic one.
+
 ``on_error="skip"``: a sample whose media or annotation fails to load (``OSError``,
 ``ValueError``, which names the file or sample) is logged and replaced by the next one; the
 messages travel in ``item["skipped"]`` so the data module can count them.
@@ -76,7 +79,7 @@ class TaskDataset(Dataset):
     task: str = ""
 
     def __init__(self, samples: Sequence, *, on_error: str = "raise", seed: int = 0,
-                 textual: bool = False) -> None:
+                 textual: bool = False, cache: bool = False) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error: expected 'raise' or 'skip', got {on_error!r}")
         if not len(samples):
@@ -85,6 +88,18 @@ class TaskDataset(Dataset):
         self.on_error = on_error
         self.seed = seed
         self.textual = textual
+        self.cache = cache
+        self._readers: dict = {}
+        self._masks: dict = {}
+
+    def reader(self, source: str | Sequence[str], **kwargs) -> VideoReader:
+        """A :class:`VideoReader` of ``source``; with ``cache``, one held in memory."""
+        if not self.cache:
+            return VideoReader(source, **kwargs)
+        key = source if isinstance(source, str) else tuple(source)
+        if key not in self._readers:
+            self._readers[key] = VideoReader(source, **kwargs).in_memory()
+        return self._readers[key]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -146,7 +161,7 @@ class MomentDataset(TaskDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> dict:
         s = self.samples[index].validate()
-        clip = VideoReader(self.video_path(s), backend=self.backend).sample(
+        clip = self.reader(self.video_path(s), backend=self.backend).sample(
             self.num_frames, mode=self.sampling, rng=rng)
         windows = torch.as_tensor(s.windows / s.duration, dtype=torch.float32)
         if s.saliency is not None:
@@ -179,7 +194,7 @@ class RefDataset(TaskDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> dict:
         s = self.samples[index]
-        image = VideoReader(s.image).get_frames([0]).frames[0]
+        image = self.reader(s.image).get_frames([0]).frames[0]
         h, w = image.shape[:2]
         RefSample(s.image, s.expression, s.box_xyxy, (h, w), s.ref_id).validate()
         x1, y1, x2, y2 = np.clip(s.box_xyxy, 0, [w, h, w, h])  # within the half-pixel tolerance
@@ -212,7 +227,7 @@ class TrackDataset(TaskDataset):
         s = self.samples[index]
         indices = sample_indices(len(s.frames), self.num_frames, self.sampling, rng)
         indices[0] = 0
-        clip = VideoReader(s.frames, fps=s.fps).get_frames(indices)
+        clip = self.reader(s.frames, fps=s.fps).get_frames(indices)
         h, w = clip.frames.shape[1:3]
         TrackSample(s.name, s.frames, s.boxes_xywh, s.visible, s.fps, (h, w)).validate()
         visible = s.visible[indices]
@@ -242,9 +257,14 @@ class MaskDataset(TaskDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> dict:
         s = self.samples[index]
-        masks = s.load_masks().any(0)
+        if index in self._masks:
+            masks = self._masks[index]
+        else:
+            masks = s.load_masks().any(0)
+            if self.cache:
+                self._masks[index] = masks
         indices = sample_indices(len(s.frames), self.num_frames, self.sampling, rng)
-        clip = VideoReader(s.frames, fps=s.fps).get_frames(indices)
+        clip = self.reader(s.frames, fps=s.fps).get_frames(indices)
         if masks.shape[1:] != clip.frames.shape[1:3]:
             raise ValueError(f"sample {s.name}: masks are {masks.shape[1:]} but frames are "
                              f"{clip.frames.shape[1:3]}")
@@ -276,12 +296,12 @@ class ConversationDataset(TaskDataset):
                  for k in range(0, len(s.conversations), 2)]
         item = {"task": self.task, "id": s.id, "turns": turns, "target": None, "meta": {}}
         if s.kind == "video":
-            clip = VideoReader(s.media, backend=self.backend).sample(
+            clip = self.reader(s.media, backend=self.backend).sample(
                 self.num_frames, mode=self.sampling, rng=rng)
             item["video"] = resize_frames(clip.frames, self.frame_size)
             item["meta"] = {"duration": clip.duration, "frame_size": clip.frames.shape[1:3]}
         elif s.kind == "image":
-            image = VideoReader(s.media).get_frames([0]).frames
+            image = self.reader(s.media).get_frames([0]).frames
             item["image"] = resize_frames(image, self.frame_size)[0]
             item["meta"] = {"frame_size": image.shape[1:3]}
         return item

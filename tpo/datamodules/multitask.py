@@ -174,10 +174,11 @@ class MultiTaskDataModule(L.LightningDataModule):
                        tasks: Sequence[str] = ("temporal", "box", "track", "mask",
                                                "conversation"),
                        num_frames: int | None = None, frame_size: tuple[int, int] | None = None,
-                       on_error: str = "raise", **kwargs) -> MultiTaskDataModule:
+                       on_error: str = "raise", cache: bool = True,
+                       **kwargs) -> MultiTaskDataModule:
         """A data module over a :func:`~tpo.datamodules.make_synthetic_dataset` folder, read
         through the public format readers; random frame sampling for training, uniform for
-        validation."""
+        validation; ``cache`` keeps the decoded clips in memory (see the datasets)."""
         from tpo.datamodules.synthetic import SyntheticDataset
 
         data = SyntheticDataset.load(root)
@@ -186,7 +187,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
         def build(task: str, split: str) -> TaskDataset:
             common = {"on_error": on_error, "frame_size": frame_size,
-                      "seed": kwargs.get("seed", 0)}
+                      "seed": kwargs.get("seed", 0), "cache": cache}
             sampling = "random" if split == "train" else "uniform"
             samples = data.samples(task, split)
             if task == "temporal":

@@ -226,6 +226,16 @@ class _ImageBackend:
         return np.stack(frames)
 
 
+class _ArrayBackend:
+    """Frames already decoded, held in memory."""
+
+    def __init__(self, frames: np.ndarray, timestamps: np.ndarray, duration: float) -> None:
+        self.frames, self.timestamps, self.duration = frames, timestamps, duration
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return self.frames[indices]
+
+
 class VideoReader:
     """Frames and timestamps from a video file, an image, a frame folder or a list of frames.
 
@@ -272,15 +282,33 @@ class VideoReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_impl"], state["_pid"] = None, None
+        if not isinstance(self._impl, _ArrayBackend):
+            state["_impl"], state["_pid"] = None, None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if isinstance(self._impl, _ArrayBackend):
+            self._pid = os.getpid()
+
+    def in_memory(self) -> VideoReader:
+        """A reader over every frame of this source, decoded now and kept in memory (for small
+        datasets read many times, such as the synthetic one)."""
+        impl = self._open()
+        clip = self.get_frames(np.arange(len(impl.timestamps)))
+        reader = VideoReader(self.source, backend=self.backend, fps=self.fps_override,
+                             num_threads=self.num_threads)
+        reader._impl = _ArrayBackend(clip.frames, impl.timestamps, impl.duration)
+        reader._pid = os.getpid()
+        return reader
 
     @property
     def is_open(self) -> bool:
-        """Whether a decoder is open in this process."""
+        """Whether a decoder is open (or the frames are held) in this process."""
         return self._impl is not None and self._pid == os.getpid()
 
     def close(self) -> None:
+        """Drop the decoder (and the frames of an in-memory reader)."""
         self._impl, self._pid = None, None
 
     def _open(self):
