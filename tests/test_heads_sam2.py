@@ -94,3 +94,14 @@ def test_bad_input_raises(head):
         head.loss(output, {"boxes": bad})
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         SAM2MaskHead(embed_dim=D, image_size=SIZE, checkpoint="/nonexistent/sam2.pt")
+
+
+def test_bf16_autocast(head):
+    task = torch.randn(2, D, requires_grad=True)
+    masks = torch.zeros(2, 1, SIZE, SIZE, dtype=torch.bool)
+    masks[:, :, 20:80, 30:90] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = head(task, torch.rand(2, 1, 3, SIZE, SIZE))
+        total = sum(head.loss(output, {"boxes": BOXES, "masks": masks}).values())
+    total.backward()
+    assert torch.isfinite(total) and task.grad.abs().sum() > 0
