@@ -148,7 +148,7 @@ class MomentDataset(TaskDataset):
 
     def __init__(self, samples: Sequence[MomentSample], video_root: str | os.PathLike, *,
                  num_frames: int = 16, sampling: str = "uniform",
-                 frame_size: tuple[int, int] | None = None, backend: str = "decord",
+                 frame_size: tuple[int, int] | None = None, backend: str = "auto",
                  video_ext: str = ".mp4", **kwargs) -> None:
         super().__init__(samples, **kwargs)
         self.video_root, self.video_ext = os.fspath(video_root), video_ext
@@ -285,7 +285,7 @@ class ConversationDataset(TaskDataset):
 
     def __init__(self, samples: Sequence[ConversationSample], *, num_frames: int = 8,
                  sampling: str = "uniform", frame_size: tuple[int, int] | None = None,
-                 backend: str = "decord", **kwargs) -> None:
+                 backend: str = "auto", **kwargs) -> None:
         super().__init__(samples, **kwargs)
         self.num_frames, self.sampling = num_frames, sampling
         self.frame_size, self.backend = frame_size, backend

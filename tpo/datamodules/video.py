@@ -242,8 +242,9 @@ class VideoReader:
     Args:
         source: a video file, an image file, a folder of image frames (sorted by name) or a list
             of frame files.
-        backend: ``"decord"`` (default), ``"pyav"``, or ``"auto"`` (decord, PyAV when decord is
-            not installed or cannot open the file). Ignored for images.
+        backend: ``"auto"`` (default: decord, falling back to PyAV when decord is not
+            installed or cannot read the file), ``"decord"`` or ``"pyav"`` (that one only).
+            Ignored for images.
         fps: the frame rate of an image sequence (frame folders carry none); default 30.
         num_threads: decoder threads (1 suits DataLoader workers).
 
@@ -256,7 +257,7 @@ class VideoReader:
     """
 
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 backend: str = "decord", fps: float | None = None, num_threads: int = 1) -> None:
+                 backend: str = "auto", fps: float | None = None, num_threads: int = 1) -> None:
         if backend not in ("decord", "pyav", "auto"):
             raise ValueError(f"backend: expected 'decord', 'pyav' or 'auto', got {backend!r}")
         if fps is not None and fps <= 0:
