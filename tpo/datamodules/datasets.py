@@ -183,7 +183,10 @@ class MomentDataset(TaskDataset):
 
 
 class RefDataset(TaskDataset):
-    """Referring-expression items (one image, one box) from :class:`RefSample` records."""
+    """Referring-expression items (one image, one box) from :class:`RefSample` records.
+
+    The box is checked against the decoded image (half a pixel of overshoot tolerated) and then
+    clipped to it before normalising."""
 
     task = "box"
 
@@ -213,6 +216,8 @@ class TrackDataset(TaskDataset):
     sequence's first frame, whose box goes in the prompt (``<track_box>``).
 
     Boxes of frames where the target is not visible are zeros (the ``visible`` flag says so).
+    Visible boxes are checked against the frame (half a pixel of overshoot is tolerated, as
+    :meth:`TrackSample.validate` does) and the normalised boxes are then clipped to [0, 1].
     """
 
     task = "track"
