@@ -38,8 +38,9 @@ class JAndF(Metric):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor, void: Tensor | None = None) -> None:
-        if preds.ndim != 3:
-            raise ValueError(f"preds: expected (T, H, W) masks, got {tuple(preds.shape)}")
+        if preds.ndim != 3 or preds.shape[0] == 0:
+            raise ValueError(f"preds: expected (T, H, W) masks with T >= 1, got "
+                             f"{tuple(preds.shape)}")
         if self.drop_first_last:
             if preds.shape[0] < 3:
                 raise ValueError(f"preds: drop_first_last needs >= 3 frames, got {preds.shape[0]}")
