@@ -114,15 +114,16 @@ def _grow(cur: np.ndarray, k: int, out: np.ndarray, tmp: np.ndarray) -> np.ndarr
 def _runs(b: np.ndarray, widths: set[int]) -> dict[int, np.ndarray]:
     """Horizontal dilations ``H_w`` (half-width ``w``) for every ``w`` in ``widths``.
 
-    ``H_a | shift(H_a, +-k)`` is ``H_{a+k}`` when ``k <= 2a + 1`` (and ``k <= 63``), so each
-    width costs one shift-and-OR pass from the widest run below it (a doubling ladder fills
-    larger gaps).
+    ``H_a | shift(H_a, +-k)`` is ``H_{a+k}`` for ``k <= a + 1`` (and ``k <= 63``): each width
+    costs one shift-and-OR pass from the widest run below it, a doubling ladder fills larger
+    gaps. (``k <= a + 1`` also keeps every intermediate value between the output pixel and
+    the input pixels it needs, so computing on a cropped window stays exact.)
     """
     runs = {0: b}
     tmp = np.empty_like(b)
     for w in sorted(widths - {0}):
         a = max(runs)
-        while w - a > min(2 * a + 1, 63):  # a shift spans at most one word boundary
+        while w - a > min(a + 1, 63):  # a shift spans at most one word boundary
             k = min(a + 1, 63)
             runs[a + k] = _grow(runs[a], k, np.empty_like(b), tmp)
             a += k
@@ -169,6 +170,32 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _extent(b: np.ndarray, axis: tuple[int, int]) -> tuple[int, int] | None:
+    idx = np.flatnonzero(b.any(axis=axis))
+    return None if len(idx) == 0 else (int(idx[0]), int(idx[-1]))
+
+
+def _overlap_window(fg_b: np.ndarray, gt_b: np.ndarray, radius: int) -> tuple | None:
+    """Words x rows where a boundary pixel of one map can lie within ``radius`` of the other's.
+
+    Matches only occur inside ``expand(box(fg), r) & expand(box(gt), r)``, and every boundary
+    pixel within ``r`` of such a match lies there too, so both dilations may be computed on
+    this window alone (zero outside it). ``None`` when nothing can match.
+    """
+    margin_words = -(-radius // 64)
+    spans = []
+    for axis, margin in (((0, 2), margin_words), ((0, 1), radius)):
+        ext_f, ext_g = _extent(fg_b, axis), _extent(gt_b, axis)
+        if ext_f is None or ext_g is None:
+            return None
+        lo = max(ext_f[0], ext_g[0]) - margin
+        hi = min(ext_f[1], ext_g[1]) + margin
+        if lo > hi:
+            return None
+        spans.append(slice(max(lo, 0), hi + 1))
+    return np.s_[:, spans[0], spans[1]]
+
+
 _CHUNK_WORDS = 1 << 15  # frames are processed in chunks of about this many words (cache-sized)
 
 
@@ -181,12 +208,9 @@ def _f_from_packed(fg: np.ndarray, gt: np.ndarray, width: int, radius: int) -> T
         sl = slice(lo, lo + step)
         fg_b, gt_b = _boundary(fg[sl], width), _boundary(gt[sl], width)
         n_fg[sl], n_gt[sl] = _popcount(fg_b), _popcount(gt_b)
-        active = fg_b | gt_b
-        words = np.flatnonzero(active.any(axis=(0, 2)))
-        if len(words) == 0:
+        crop = _overlap_window(fg_b, gt_b, radius)
+        if crop is None:
             continue
-        rows = np.flatnonzero(active.any(axis=(0, 1)))
-        crop = np.s_[:, words[0] : words[-1] + 1, rows[0] : rows[-1] + 1]
         fg_c, gt_c = _pad_rows(fg_b[crop], radius), _pad_rows(gt_b[crop], radius)
         fg_match[sl] = _popcount(fg_c & _dilate_disk(gt_c, radius))
         gt_match[sl] = _popcount(gt_c & _dilate_disk(fg_c, radius))
