@@ -104,6 +104,13 @@ def test_qvhighlights_bad_input():
         evaluate_qvhighlights(ok, [gt[0], _gt(2, [])])
     with pytest.raises(ValueError, match="qid 1 appears twice"):
         evaluate_qvhighlights(ok + ok[:1], gt)
+    with pytest.raises(ValueError, match="qid 2: pred_relevant_windows entries need"):
+        evaluate_qvhighlights([ok[0], {"qid": 2, "pred_relevant_windows": [3.0]}], gt)
+    hl = [{**r, "pred_saliency_scores": [0.5] * 10} for r in ok]
+    with pytest.raises(ValueError, match="qid 2: relevant_clip_ids outside the 10 clips"):
+        evaluate_qvhighlights(hl, [_gt(1, [[0, 10]]), _gt(2, [[2, 4]], clips=[(10, [1, 2, 3])])])
+    with pytest.raises(ValueError, match="qid 2: saliency_scores needs one"):
+        evaluate_qvhighlights(hl, [_gt(1, [[0, 10]]), _gt(2, [[2, 4]], clips=[(1, [1, 2])])])
 
 
 def test_charades_hand_computed_and_cli(tmp_path, capsys):

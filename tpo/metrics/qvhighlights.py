@@ -75,9 +75,10 @@ def _pack(rows: Sequence[Sequence[Sequence[float]]], width: int, qids: Sequence[
     Entries longer than ``width`` (e.g. a score after start, end) are cut.
     """
     for qid, r in zip(qids, rows, strict=True):
-        if any(len(w) < width for w in r):
-            raise ValueError(f"qid {qid}: {what} entries need at least {width} numbers")
-    flat, lens = _flat([[w[:width] for w in r] for r in rows], what, qids, width)
+        if any(not isinstance(w, (list, tuple)) or len(w) < width for w in r):
+            raise ValueError(f"qid {qid}: {what} entries need at least {width} numbers, "
+                             f"got {r!r}")
+    flat, lens = _flat([[w[:width] for w in r] for r in rows], what, qids)
     return _scatter(flat.reshape(-1, width), lens)
 
 
@@ -147,8 +148,8 @@ def _moment_retrieval(submission: Sequence[dict], gts: Sequence[dict],
     return out
 
 
-def _flat(rows: Sequence[Sequence], what: str, qids: Sequence[Any],
-          width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _flat(rows: Sequence[Sequence], what: str, qids: Sequence[Any]) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
     """Concatenate per-query lists -> (flat float64 array, per-query lengths)."""
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     try:
@@ -159,13 +160,7 @@ def _flat(rows: Sequence[Sequence], what: str, qids: Sequence[Any],
                 np.asarray(r, dtype=np.float64)
             except (ValueError, TypeError):
                 raise ValueError(f"qid {qid}: malformed {what}: {r!r}") from err
-        raise ValueError(f"{what}: rows of mixed length") from err
-    if width is not None and len(flat) and (flat.ndim != 2 or flat.shape[1] != width):
-        offsets = np.cumsum(lens)
-        for qid, r in zip(qids, rows, strict=True):
-            if any(len(v) != width for v in r):
-                raise ValueError(f"qid {qid}: {what} needs {width} values per entry")
-        raise ValueError(f"{what}: expected {width} values per entry ({offsets[-1]} entries)")
+        raise ValueError(f"{what}: entries of different lengths across queries") from err
     return flat, lens
 
 
@@ -187,9 +182,10 @@ def _highlight_labels(gts: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     n_clips = np.fromiter((int(g["duration"] / CLIP_SECONDS) for g in gts), dtype=np.int64,
                           count=len(gts))
     ids, id_lens = _flat([g["relevant_clip_ids"] for g in gts], "relevant_clip_ids", qids)
-    sal, sal_lens = _flat([g["saliency_scores"] for g in gts], "saliency_scores", qids, 3)
+    sal, sal_lens = _flat([g["saliency_scores"] for g in gts], "saliency_scores", qids)
     bad = np.flatnonzero(id_lens != sal_lens)
-    if len(bad):
+    if len(bad) or (len(sal) and sal.shape[1:] != (3,)):
+        bad = bad if len(bad) else np.flatnonzero(sal_lens)
         raise ValueError(f"qid {qids[bad[0]]}: saliency_scores needs one [a0, a1, a2] per "
                          "relevant clip")
     q_idx = np.repeat(np.arange(len(gts)), id_lens)

@@ -11,10 +11,11 @@ Semantics of the DAVIS 2017 toolkit (``davis2017/metrics.py``):
   boundary, recall the converse, ``F = 2PR / (P + R)``. No predicted boundary: P = 1, R = 0;
   no ground-truth boundary: P = 0, R = 1; neither: F = 1.
 
-Rows are bit-packed into 64-bit words, so boundary extraction and the disk dilation
-(horizontal runs of half-width ``isqrt(r^2 - dy^2)`` per row offset ``dy``, the exact digital
-disk) run on words: shifts, ORs and popcounts, cropped to the rows and words that carry a
-boundary.
+Rows are bit-packed into 64-bit words (NumPy), so boundary extraction and the disk dilation
+(horizontal runs of half-width ``isqrt(r^2 - dy^2)`` per row offset ``dy``: the exact digital
+disk of ``skimage.morphology.disk``, as ``cv2.dilate`` applies it) run as shifts, ORs and
+popcounts on words, in cache-sized chunks of frames, restricted to the window where the two
+boundaries come within ``r`` of each other. Results are bit-identical to the toolkit's.
 """
 
 from __future__ import annotations
@@ -61,13 +62,6 @@ def _from_right(x: np.ndarray) -> np.ndarray:
     """Column ``c`` takes the value of column ``c + 1`` (zero fill)."""
     out = x >> _ONE
     out[:, :-1] |= x[:, 1:] << np.uint64(63)
-    return out
-
-
-def _from_left(x: np.ndarray) -> np.ndarray:
-    """Column ``c`` takes the value of column ``c - 1`` (zero fill)."""
-    out = x << _ONE
-    out[:, 1:] |= x[:, :-1] >> np.uint64(63)
     return out
 
 
