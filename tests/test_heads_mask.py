@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,3 +158,21 @@ def test_multiscale_timm_features():
         head(task, s16)
     with pytest.raises(ValueError, match="high_res"):
         _head()(task, s16[:, :, :C], high_res=(s4, s8))
+
+
+def test_import_leaves_sam2_optional():
+    """``import tpo.heads`` never loads sam2; without it SAM2MaskHead names the extra."""
+    code = (
+        "import sys\n"
+        "import tpo.heads\n"
+        "assert 'sam2' not in sys.modules and 'hydra' not in sys.modules\n"
+        "sys.modules['sam2'] = None\n"
+        "try:\n"
+        "    tpo.heads.SAM2MaskHead\n"
+        "except ImportError as error:\n"
+        "    assert 'pip install sam2' in str(error)\n"
+        "else:\n"
+        "    raise SystemExit('no ImportError')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,4 +1,8 @@
-"""Task heads: task embedding (+ visual features) -> spans, boxes, tracks, masks."""
+"""Task heads: task embedding (+ visual features) -> spans, boxes, tracks, masks.
+
+``SAM2MaskHead`` (``from tpo.heads import SAM2MaskHead``) needs the optional ``sam2`` package
+and is imported on first access; it is not in ``__all__``.
+"""
 
 from tpo.heads.box import BoxHead, BoxOutput, BoxPrediction
 from tpo.heads.mask import MaskHead, MaskOutput, MaskPrediction
