@@ -268,9 +268,12 @@ def test_highlight_order_invariant_and_chunked(seed, cut):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 50)), min_size=1, max_size=6),
-       st.lists(st.tuples(st.floats(0, 100), st.floats(0, 50)), min_size=1, max_size=6))
+@given(st.lists(st.tuples(st.floats(0, 100, allow_subnormal=False),
+                          st.floats(0, 50, allow_subnormal=False)), min_size=1, max_size=6),
+       st.lists(st.tuples(st.floats(0, 100, allow_subnormal=False),
+                          st.floats(0, 50, allow_subnormal=False)), min_size=1, max_size=6))
 def test_temporal_iou_symmetric_and_bounded(a, b):
+    # (subnormal lengths excluded: tpo.ops.spans.temporal_iou clamps unions at finfo.tiny)
     sa = torch.tensor([[s, s + w] for s, w in a], dtype=torch.float64)
     sb = torch.tensor([[s, s + w] for s, w in b], dtype=torch.float64)
     ab = TF.cross_temporal_iou(sa[None], sb[None])[0]

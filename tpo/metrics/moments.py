@@ -40,6 +40,9 @@ class MomentRetrieval(Metric):
         preds: list of ``(P_i, 3)`` (start, end, score) or ``(P_i, 2)`` windows (then the
             listed order is the ranking), one entry per query.
         target: list of ``(G_i, 2)`` (start, end) windows, ``G_i >= 1``.
+
+    ``compute()`` keys: ``mAP``, ``mAP@0.5``, ``mAP@0.75``, ``R1@<thr>``, ``mIoU``, and the
+    same prefixed ``<bucket>-`` per length bucket.
     """
 
     is_differentiable = False
@@ -135,6 +138,8 @@ class HighlightDetection(Metric):
         preds: list of ``(S_i,)`` predicted saliency per clip.
         target: list of ``(C_i, A)`` annotator scores 0..4 for *every* clip of the video
             (zeros outside the relevant clips), ``A`` annotators (3 in QVHighlights).
+
+    ``compute()`` keys: ``<level>-mAP`` and ``<level>-Hit1`` for Fair, Good, VeryGood.
     """
 
     is_differentiable = False

@@ -212,14 +212,15 @@ def _highlight(submission: Sequence[dict], gts: Sequence[dict]) -> dict[str, dic
     aligned[:, :width] = np.where(raw_mask[:, :width], raw[:, :width], 0.0)
     aligned = torch.from_numpy(np.where(cmask, aligned, 0.0))
     raw, raw_mask, cmask = (torch.from_numpy(x) for x in (raw, raw_mask, cmask))
-    out = {}
-    for name, level in HIGHLIGHT_LEVELS.items():
-        labels = torch.from_numpy(gt_scores >= level) & cmask[..., None]
-        ap = highlight_average_precision(aligned, labels, cmask).numpy()
-        hit = highlight_hit_at_one(raw, raw_mask, labels, cmask).numpy()
-        out[f"HL-min-{name}"] = {"HL-mAP": _pct(np.mean(ap)),
-                                 "HL-Hit1": _pct(np.mean(hit.max(1)))}
-    return out
+    # all levels x annotators in one pass: (Q, C, L * 3) labels share one ranking of the clips
+    levels = np.asarray(list(HIGHLIGHT_LEVELS.values()))
+    labels = gt_scores[..., None, :] >= levels[:, None]  # (Q, C, L, 3)
+    labels = torch.from_numpy(labels.reshape(*labels.shape[:2], -1)) & cmask[..., None]
+    ap = highlight_average_precision(aligned, labels, cmask).numpy().reshape(len(qids), -1, 3)
+    hit = highlight_hit_at_one(raw, raw_mask, labels, cmask).numpy().reshape(len(qids), -1, 3)
+    return {f"HL-min-{name}": {"HL-mAP": _pct(np.mean(ap[:, i])),
+                               "HL-Hit1": _pct(np.mean(hit[:, i].max(1)))}
+            for i, name in enumerate(HIGHLIGHT_LEVELS)}
 
 
 def evaluate_qvhighlights(submission: Sequence[dict], ground_truth: Sequence[dict],

@@ -41,9 +41,11 @@ class TrackingSuccess(Metric):
     20 px, ``norm_precision`` the mean of its curve (the toolkit's LaSOT score). IoU is
     ``inter / (union + eps)`` on ``xywh`` with area ``w * h``; centres are ``x + (w - 1) / 2``.
 
-    Frames where ``valid`` is False (LaSOT: NaN / absent annotation) are dropped, as the
-    toolkit drops NaN ground truth; set ``replace_first=True`` to overwrite the first
-    prediction with the ground truth as its LaSOT experiment does.
+    Invisible frames: by default every frame with a finite ground-truth box counts (the
+    toolkit drops only NaN ground truth); pass ``valid`` (e.g. ``~absent`` from LaSOT's
+    ``full_occlusion`` / ``out_of_view`` files) to drop frames as toolkits that ignore absent
+    targets do. ``replace_first=True`` overwrites the first prediction with the ground truth
+    as the toolkit's LaSOT experiment does (its OTB experiment does not).
 
     ``update(pred_xywh (N, 4), gt_xywh (N, 4), valid (N,) bool | None)``: one sequence.
     """

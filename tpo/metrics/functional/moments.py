@@ -122,18 +122,17 @@ def moment_average_precision(
     order = _rank(np.where(pm, _np(scores), -np.inf), pm)
     windows = np.take_along_axis(_np(pred), order[..., None], 1)
     valid = np.take_along_axis(pm, order, 1)
-    iou = np.where(gm[:, None, :], _iou_np(windows, _np(gt)), -1.0)  # (Q, P, G)
-    g = iou.shape[-1]
+    # windows in reverse listed order: argmax (first maximum) then picks, among equal IoUs,
+    # the later-listed window, as the official reverse argsort does
+    iou = np.where(gm[:, None, ::-1], _iou_np(windows, _np(gt)[:, ::-1]), -1.0)  # (Q, P, G)
     over = iou[:, :, None, :] >= thr[None, None, :, None]  # (Q, P, K, G)
-    locked = np.zeros((q, k_n, g), dtype=bool)
+    locked = np.zeros((q, k_n, iou.shape[-1]), dtype=bool)
     tp = np.zeros((q, k_n, p), dtype=bool)
     rows = np.arange(q)[:, None]
     cols = np.arange(k_n)[None, :]
     for k in range(p):
         free = over[:, k] & ~locked  # (Q, K, G)
-        cand = np.where(free, iou[:, k, None, :], -np.inf)
-        # the highest IoU wins; among equal IoUs the later-listed window (reverse argsort)
-        pick = g - 1 - np.argmax(cand[..., ::-1], axis=-1)  # (Q, K)
+        pick = np.argmax(np.where(free, iou[:, k, None, :], -np.inf), axis=-1)  # (Q, K)
         hit = free.any(-1) & valid[:, k, None]
         tp[:, :, k] = hit
         locked[rows, cols, pick] |= hit
