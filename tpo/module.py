@@ -7,6 +7,7 @@ task-begin tokens is part of ``L_lm`` and is logged on its own as the task-assig
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ class TPOModule(L.LightningModule):
         lora: keyword arguments of :func:`~tpo.backbones.lora.apply_lora`, or ``None`` for none.
         learning_rates: ``{group name: lr}`` overriding the stage's rates.
         warmup_ratio: fraction of the optimizer steps spent in linear warmup.
+        schedule_steps: length of the cosine schedule in optimizer steps (default: the trainer's
+            estimate, which needs ``max_steps`` or ``max_epochs``).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class TPOModule(L.LightningModule):
         lora: Mapping[str, Any] | None = None,
         learning_rates: Mapping[str, float] | None = None,
         warmup_ratio: float = 0.03,
+        schedule_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -116,6 +120,7 @@ class TPOModule(L.LightningModule):
         self.stage = get_stage(stage)
         self.learning_rates = dict(learning_rates or {})
         self.warmup_ratio = warmup_ratio
+        self.schedule_steps = schedule_steps
         self.stage.assign(self)
         self.metrics = nn.ModuleDict(
             {
@@ -378,6 +383,12 @@ class TPOModule(L.LightningModule):
         for group in groups:
             group["lr"] = self.learning_rates.get(group["name"], group["lr"])
         optimizer = torch.optim.AdamW(groups)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.schedule_steps or self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "schedule_steps: the trainer has no step limit (max_time only); give "
+                "TPOModule(schedule_steps=...) for the cosine schedule's length"
+            )
+        total = max(1, int(total))
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

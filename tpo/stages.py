@@ -12,6 +12,7 @@ stage1    LoRA of the LLM and the task-token rows             LoRA 2e-5
 stage2    + heads and task embeddings (encoders frozen),      heads / task emb. 1e-4,
           + the visual branches of modality-adaptive layers   temporal token 2e-4, branches 2e-5
 stage3    + vision encoder and connector (not frozen experts) vision / connector 2e-5
+full      + every LLM weight (no LoRA; small models, the demo)    LLM 2e-5
 ========  ==================================================  ===============================
 """
 
@@ -112,6 +113,12 @@ _VISION = ParamGroupSpec(
     lr=2e-5,
     weight_decay=0.01,
 )
+_LLM = ParamGroupSpec(
+    "llm",
+    (r"\.language_model\.", r"\.lm_head\.", r"^backbone\.llm\."),
+    lr=2e-5,
+    weight_decay=0.01,
+)
 _FROZEN_EXPERTS = (r"\.sam2\.",)
 
 STAGES: dict[str, StagePreset] = {
@@ -122,6 +129,11 @@ STAGES: dict[str, StagePreset] = {
     "stage3": StagePreset(
         "stage3",
         (_TEMPORAL_TOKEN, _TASK_EMBEDDINGS, _HEADS, _LORA, _MODALITY, _VISION),
+        frozen=_FROZEN_EXPERTS,
+    ),
+    "full": StagePreset(
+        "full",
+        (_TEMPORAL_TOKEN, _TASK_EMBEDDINGS, _HEADS, _LORA, _MODALITY, _VISION, _LLM),
         frozen=_FROZEN_EXPERTS,
     ),
 }

@@ -106,9 +106,10 @@ class LlavaBackbone(Backbone):
     ``labels (B, L)`` (-100 where ignored), ``pixel_values`` (+ ``image_sizes``,
     ``batch_num_images``) and ``pixel_values_videos (B, T, 3, H, W)`` as the processor returns them,
     and ``track_boxes (K, 4)`` for ``<track_box>`` tokens. Its ``visual`` output is the per-frame
-    visual tokens after the multimodal projector, in the LLM width (``visual_dim = D``): an image
-    is one frame with the base-resolution patch grid (any-resolution crops are left to the LLM),
-    a video's frames keep the model's own per-frame pooling. A batch may mix image and video
+    visual tokens after the multimodal projector, in the LLM width (``visual_dim = D``), on the
+    vision tower's full patch grid: an image is one frame at base resolution (any-resolution crops
+    are left to the LLM); a video's frames are not pooled even where the LLM reads them pooled
+    (LLaVA-OneVision, LLaVA-NeXT-Video), so the heads see every patch. A batch may mix image and video
     samples only where both give the same number of tokens per frame.
     """
 
@@ -190,11 +191,23 @@ class LlavaBackbone(Backbone):
         videos = batch["pixel_values_videos"]
         num_videos, num_frames = videos.shape[:2]
         encoded = self.model.model.get_video_features(pixel_values_videos=videos, return_dict=True)
-        pooled = encoded.pooler_output
-        if self.model_type == "llava_onevision":
-            pooled = pooled[:, :-1]  # the trailing image_newline token
-        tokens = pooled.reshape(num_videos * num_frames, -1, pooled.shape[-1])
-        return encoded, self._drop_cls(tokens).unflatten(0, (num_videos, num_frames))
+        if self.model_type == "video_llava":  # no pooling: the LLM's tokens are the full grid
+            pooled = encoded.pooler_output
+            tokens = self._drop_cls(pooled.reshape(num_videos * num_frames, -1, pooled.shape[-1]))
+        else:  # the LLM reads pooled frames; the heads get the projected, unpooled grid
+            tokens = self.model.model.multi_modal_projector(self._selected_vision_features(encoded))
+        return encoded, tokens.unflatten(0, (num_videos, num_frames))
+
+    def _selected_vision_features(self, encoded: Any) -> Tensor:
+        """The vision tower's features at ``vision_feature_layer`` (CLS dropped under the
+        ``default`` strategy), as the model feeds them to its projector: ``(F, N, D_vision)``."""
+        config = self.model.config
+        layer = config.vision_feature_layer
+        hidden = encoded.hidden_states
+        selected = hidden[layer] if isinstance(layer, int) else torch.cat([hidden[i] for i in layer], -1)
+        if getattr(config, "vision_feature_select_strategy", "full") == "default":
+            selected = selected[:, 1:]
+        return selected
 
     @staticmethod
     def _drop_cls(tokens: Tensor) -> Tensor:
