@@ -74,12 +74,19 @@ def _pack(rows: Sequence[Sequence[Sequence[float]]], width: int, qids: Sequence[
 
     Entries longer than ``width`` (e.g. a score after start, end) are cut.
     """
-    for qid, r in zip(qids, rows, strict=True):
-        if any(not isinstance(w, (list, tuple)) or len(w) < width for w in r):
-            raise ValueError(f"qid {qid}: {what} entries need at least {width} numbers, "
-                             f"got {r!r}")
-    flat, lens = _flat([[w[:width] for w in r] for r in rows], what, qids)
-    return _scatter(flat.reshape(-1, width), lens)
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    try:
+        flat = np.asarray(list(chain.from_iterable(rows)), dtype=np.float64)
+    except (ValueError, TypeError):
+        flat = None
+    if flat is None or (len(flat) and (flat.ndim != 2 or flat.shape[1] < width)):
+        for qid, r in zip(qids, rows, strict=True):
+            if any(not isinstance(w, (list, tuple)) or len(w) < width for w in r):
+                raise ValueError(f"qid {qid}: {what} entries need at least {width} numbers, "
+                                 f"got {r!r}")
+        flat, lens = _flat([[w[:width] for w in r] for r in rows], what, qids)
+    flat = flat.reshape(len(flat), -1) if len(flat) else np.zeros((0, width))
+    return _scatter(flat[:, :width], lens)
 
 
 def _check_windows(windows: np.ndarray, mask: np.ndarray, qids: Sequence[Any],
@@ -229,8 +236,9 @@ def evaluate_qvhighlights(submission: Sequence[dict], ground_truth: Sequence[dic
 
     Matches ``eval_submission``: the same keys (``brief`` first, then the per-level and
     per-length-bucket blocks, sorted) and the same numbers (percent, 2 decimals). The
-    submission must cover exactly the ground-truth qids. One deviation: a query with an empty
-    ``pred_relevant_windows`` scores an R1 miss here (the official code raises).
+    submission must cover exactly the ground-truth qids. A query with an empty
+    ``pred_relevant_windows`` is left out of the mAP average, as in the official code, and
+    scores an R1 miss (where the official code raises).
 
     Raises:
         ValueError: unknown/missing/duplicate qids, windows with start > end, malformed rows.
