@@ -141,9 +141,16 @@ def _dilate_disk(b: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
 def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per frame of ``(T, ...)`` words -> ``(T,)`` int64."""
-    return np.bitwise_count(x).reshape(x.shape[0], -1).sum(-1, dtype=np.int64)
+    """Set bits per frame of ``(T, ...)`` words -> ``(T,)`` int64 (byte table before NumPy 2)."""
+    if hasattr(np, "bitwise_count"):
+        counts = np.bitwise_count(x)
+    else:
+        counts = _POP8[np.ascontiguousarray(x).view(np.uint8)]
+    return counts.reshape(x.shape[0], -1).sum(-1, dtype=np.int64)
 
 
 def boundary_radius(height: int, width: int, bound_th: float = 0.008) -> int:
