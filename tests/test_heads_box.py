@@ -62,7 +62,7 @@ def test_gradients_reach_task_embeddings_and_visual():
     task.requires_grad_(True)
     visual.requires_grad_(True)
     losses = head.loss(head(task, visual), {"boxes": TARGET})
-    assert set(losses) == {"loss_bbox", "loss_giou"}
+    assert set(losses) == {"loss_bbox", "loss_giou", "loss_patch"}
     for name, value in losses.items():
         task_grad, visual_grad = torch.autograd.grad(value, (task, visual), retain_graph=True)
         assert task_grad.abs().sum() > 0 and visual_grad.abs().sum() > 0, name

@@ -92,7 +92,7 @@ def test_gradients_reach_task_embeddings_from_every_term():
     task, frames, targets = _batch()
     task.requires_grad_(True)
     losses = head.loss(head(task, frames), targets)
-    assert set(losses) == {"loss_bbox", "loss_giou", "loss_visible"}
+    assert set(losses) == {"loss_bbox", "loss_giou", "loss_visible", "loss_patch"}
     for name, value in losses.items():
         (grad,) = torch.autograd.grad(value, task, retain_graph=True)
         assert grad.abs().sum() > 0, name

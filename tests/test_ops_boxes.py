@@ -84,3 +84,29 @@ def test_check_normalized_boxes():
         check_normalized_boxes(outside, "targets['boxes']")
     # boxes flagged invalid are not checked
     check_normalized_boxes(bad, "targets['boxes']", valid=torch.tensor([True, False]))
+
+
+def test_patch_targets_spread_over_the_patches_inside_the_box():
+    from tpo.ops.boxes import patch_centers, patch_targets
+
+    centers = patch_centers(2, 4)
+    assert torch.allclose(centers[:4, 0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    assert torch.allclose(centers[4:, 1], torch.full((4,), 0.75))
+    # a box over the two left patches of the top row (centres x=0.125, 0.375; y=0.25)
+    target = patch_targets(torch.tensor([[0.25, 0.25, 0.5, 0.5]]), (2, 4))
+    assert torch.allclose(target, torch.tensor([[0.5, 0.5, 0, 0, 0, 0, 0, 0]]))
+    # a box too small to hold a patch centre falls back to the patch holding its centre
+    target = patch_targets(torch.tensor([[0.9, 0.9, 0.01, 0.01]]), (2, 4))
+    assert target[0].argmax() == 7 and target.sum() == 1
+
+
+def test_patch_kl_loss_is_zero_exactly_at_the_target_and_ignores_invalid_rows():
+    from tpo.losses.boxes import patch_kl_loss
+    from tpo.ops.boxes import patch_targets
+
+    boxes = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+    perfect = patch_targets(boxes, (2, 4)).clamp(min=1e-9).log()
+    assert patch_kl_loss(perfect, boxes, (2, 4), torch.tensor([True, True])) < 1e-6
+    wrong = perfect.flip(-1)
+    assert patch_kl_loss(wrong, boxes, (2, 4), torch.tensor([True, True])) > 1
+    assert patch_kl_loss(wrong, boxes, (2, 4), torch.tensor([False, False])) == 0

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from tpo.heads.base import MLP, check_shape, meta_value, sine_position_2d
+from tpo.heads.localizer import PatchLocalizer
 from tpo.losses.boxes import BoxCriterion
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
 
@@ -26,9 +27,7 @@ def grid_of(num_tokens: int, grid_size: tuple[int, int] | None, name: str) -> tu
     if grid_size is None:
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
-            raise ValueError(
-                f"{name}: {num_tokens} tokens are not a square grid; pass grid_size=(h, w)"
-            )
+            raise ValueError(f"{name}: {num_tokens} tokens are not a square grid; pass grid_size=(h, w)")
         return side, side
     if grid_size[0] * grid_size[1] != num_tokens:
         raise ValueError(f"{name}: grid_size {tuple(grid_size)} does not hold {num_tokens} tokens")
@@ -37,9 +36,12 @@ def grid_of(num_tokens: int, grid_size: tuple[int, int] | None, name: str) -> tu
 
 @dataclass
 class BoxOutput:
-    """Raw output of :class:`BoxHead`: ``boxes (B, 4)`` normalised (cx, cy, w, h)."""
+    """Raw output of :class:`BoxHead`: ``boxes (B, 4)`` normalised (cx, cy, w, h); with visual
+    tokens also ``patch_logits (B, N)`` (where the object is) on the ``grid_size`` grid."""
 
     boxes: Tensor
+    patch_logits: Tensor | None = None
+    grid_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -82,9 +84,7 @@ class BoxHead(nn.Module):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
-        self.visual_proj = nn.Sequential(
-            nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim)
-        )
+        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim))
         self.layers = nn.ModuleList(
             nn.TransformerDecoderLayer(
                 hidden_dim, num_heads, dim_feedforward, dropout, batch_first=True, norm_first=True
@@ -93,6 +93,7 @@ class BoxHead(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_dim)
         self.box_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=4, num_layers=3)
+        self.localizer = PatchLocalizer(hidden_dim=hidden_dim)
         self.criterion = criterion if criterion is not None else BoxCriterion()
 
     def forward(
@@ -119,6 +120,8 @@ class BoxHead(nn.Module):
             )
             for layer in self.layers:
                 query = layer(query, memory)
+            boxes, logits = self.localizer(self.norm(query[:, 0]), memory, (height, width))
+            return BoxOutput(boxes=boxes, patch_logits=logits, grid_size=(height, width))
         return BoxOutput(boxes=self.box_head(self.norm(query[:, 0])).sigmoid())
 
     def loss(self, output: BoxOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -127,12 +130,12 @@ class BoxHead(nn.Module):
             raise ValueError("targets: missing key 'boxes' ((B, 4) normalised cxcywh)")
         check_shape(targets["boxes"], "targets['boxes']", tuple(output.boxes.shape))
         check_normalized_boxes(targets["boxes"], "targets['boxes']")
-        return self.criterion(output.boxes, targets["boxes"])
+        return self.criterion(
+            output.boxes, targets["boxes"], patch_logits=output.patch_logits, grid_size=output.grid_size
+        )
 
     @torch.no_grad()
-    def postprocess(
-        self, output: BoxOutput, meta: Sequence[Mapping[str, Any]]
-    ) -> list[BoxPrediction]:
+    def postprocess(self, output: BoxOutput, meta: Sequence[Mapping[str, Any]]) -> list[BoxPrediction]:
         """Absolute xyxy pixels, clamped to the image.
 
         Args:
@@ -141,9 +144,7 @@ class BoxHead(nn.Module):
         """
         return [
             BoxPrediction(
-                box_xyxy=boxes_to_pixels(
-                    box.detach(), tuple(meta_value(meta, b, "image_size"))
-                ).cpu()
+                box_xyxy=boxes_to_pixels(box.detach(), tuple(meta_value(meta, b, "image_size"))).cpu()
             )
             for b, box in enumerate(output.boxes)
         ]

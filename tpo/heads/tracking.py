@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.base import check_shape, meta_value, sine_position_1d, sine_position_2d
 from tpo.heads.box import grid_of
+from tpo.heads.localizer import PatchLocalizer
 from tpo.losses.boxes import TrackingCriterion
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
 
@@ -24,10 +25,13 @@ class TrackingOutput:
     Attributes:
         boxes: ``(B, T, 4)`` normalised (cx, cy, w, h) per frame.
         visible: ``(B, T)`` visibility logits.
+        patch_logits: ``(B, T, N)`` where the object is in each frame, on ``grid_size``.
     """
 
     boxes: Tensor
     visible: Tensor
+    patch_logits: Tensor | None = None
+    grid_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -80,9 +84,7 @@ class TrackingHead(nn.Module):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
-        self.visual_proj = nn.Sequential(
-            nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim)
-        )
+        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim))
 
         def block(cls: type[nn.Module]) -> nn.ModuleList:
             return nn.ModuleList(
@@ -100,7 +102,7 @@ class TrackingHead(nn.Module):
         self.spatial = block(nn.TransformerDecoderLayer)
         self.temporal = block(nn.TransformerEncoderLayer)
         self.norm = nn.LayerNorm(hidden_dim)
-        self.box_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=4, num_layers=3)
+        self.localizer = PatchLocalizer(hidden_dim=hidden_dim)
         self.visible_head = nn.Linear(hidden_dim, 1)
         self.criterion = criterion if criterion is not None else TrackingCriterion()
 
@@ -127,8 +129,12 @@ class TrackingHead(nn.Module):
             query = spatial(query.reshape(batch * length, 1, -1), memory)
             query = temporal(query.reshape(batch, length, -1))
         query = self.norm(query)
+        boxes, logits = self.localizer(query.flatten(0, 1), memory, (height, width))
         return TrackingOutput(
-            boxes=self.box_head(query).sigmoid(), visible=self.visible_head(query)[..., 0]
+            boxes=boxes.unflatten(0, (batch, length)),
+            visible=self.visible_head(query)[..., 0],
+            patch_logits=logits.unflatten(0, (batch, length)),
+            grid_size=(height, width),
         )
 
     def loss(self, output: TrackingOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -146,7 +152,14 @@ class TrackingHead(nn.Module):
         check_shape(targets["visible"], "targets['visible']", tuple(output.visible.shape))
         visible = targets["visible"].bool()
         check_normalized_boxes(targets["boxes"], "targets['boxes']", valid=visible)
-        return self.criterion(output.boxes, output.visible, targets["boxes"], visible)
+        return self.criterion(
+            output.boxes,
+            output.visible,
+            targets["boxes"],
+            visible,
+            patch_logits=output.patch_logits,
+            grid_size=output.grid_size,
+        )
 
     @torch.no_grad()
     def postprocess(
@@ -164,9 +177,7 @@ class TrackingHead(nn.Module):
             scores = output.visible[b].detach().float().sigmoid().cpu()
             predictions.append(
                 TrackingPrediction(
-                    boxes_xywh=boxes_to_pixels(
-                        output.boxes[b].detach(), image_size, fmt="xywh"
-                    ).cpu(),
+                    boxes_xywh=boxes_to_pixels(output.boxes[b].detach(), image_size, fmt="xywh").cpu(),
                     visible=scores > 0.5,
                     scores=scores,
                 )

@@ -6,25 +6,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpo.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou_elementwise
+from tpo.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou_elementwise, patch_targets
 
-__all__ = ["BoxCriterion", "TrackingCriterion"]
+__all__ = ["BoxCriterion", "TrackingCriterion", "patch_kl_loss"]
+
+
+def patch_kl_loss(logits: Tensor, boxes: Tensor, grid_size: tuple[int, int], valid: Tensor) -> Tensor:
+    """Mean over ``valid`` rows of ``KL(target || softmax(logits))``.
+
+    Args:
+        logits: ``(..., N)`` patch scores.
+        boxes: ``(..., 4)`` target normalised cxcywh.
+        grid_size: ``(h, w)`` with ``h * w = N``.
+        valid: ``(...)`` bool rows to include (visible frames).
+    """
+    target = patch_targets(boxes.to(logits.device), grid_size)
+    log_prob = F.log_softmax(logits.float(), dim=-1)
+    kl = (target * (torch.log(target.clamp(min=1e-12)) - log_prob)).sum(-1)
+    valid = valid.to(logits.device)
+    return torch.where(valid, kl, 0.0).sum() / valid.sum().clamp(min=1) + logits.sum() * 0
 
 
 class BoxCriterion(nn.Module):
     """L1 + GIoU on normalised (cx, cy, w, h) boxes, DETR weights 5 and 2.
 
     Terms: ``loss_bbox`` (L1 summed over the 4 coordinates, mean over boxes) and
-    ``loss_giou`` (``1 - GIoU``, mean over boxes), both already weighted.
+    ``loss_giou`` (``1 - GIoU``, mean over boxes), both already weighted; with patch scores
+    also ``loss_patch`` (weight 1): KL from the uniform distribution over the patches inside the
+    target box to the softmax of the scores (:func:`tpo.heads.localizer.patch_kl_loss`).
     """
 
-    def __init__(self, *, weight_l1: float = 5.0, weight_giou: float = 2.0):
+    def __init__(self, *, weight_l1: float = 5.0, weight_giou: float = 2.0, weight_patch: float = 1.0):
         super().__init__()
         self.weight_l1 = weight_l1
         self.weight_giou = weight_giou
+        self.weight_patch = weight_patch
 
     def forward(
-        self, pred: Tensor, target: Tensor, valid: Tensor | None = None
+        self,
+        pred: Tensor,
+        target: Tensor,
+        valid: Tensor | None = None,
+        *,
+        patch_logits: Tensor | None = None,
+        grid_size: tuple[int, int] | None = None,
     ) -> dict[str, Tensor]:
         """Loss over the boxes where ``valid`` is True.
 
@@ -33,6 +58,7 @@ class BoxCriterion(nn.Module):
             target: ``(..., 4)`` target normalised (cx, cy, w, h).
             valid: optional ``(...)`` bool; boxes to include (default all). With none valid
                 both terms are 0 and still part of the graph.
+            patch_logits: optional ``(..., N)`` patch scores on the ``grid_size`` grid.
         """
         pred = pred.float()
         target = target.float().to(pred.device)
@@ -43,10 +69,13 @@ class BoxCriterion(nn.Module):
         l1 = (pred - target).abs().sum(-1)
         giou = generalized_box_iou_elementwise(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
         zero = pred.sum() * 0
-        return {
+        losses = {
             "loss_bbox": self.weight_l1 * (torch.where(valid, l1, 0.0).sum() / num + zero),
             "loss_giou": self.weight_giou * (torch.where(valid, 1 - giou, 0.0).sum() / num + zero),
         }
+        if patch_logits is not None:
+            losses["loss_patch"] = self.weight_patch * patch_kl_loss(patch_logits, target, grid_size, valid)
+        return losses
 
 
 class TrackingCriterion(nn.Module):
@@ -57,20 +86,25 @@ class TrackingCriterion(nn.Module):
     over all frames.
     """
 
-    def __init__(
-        self, *, weight_l1: float = 5.0, weight_giou: float = 2.0, weight_visible: float = 1.0
-    ):
+    def __init__(self, *, weight_l1: float = 5.0, weight_giou: float = 2.0, weight_visible: float = 1.0):
         super().__init__()
         self.box = BoxCriterion(weight_l1=weight_l1, weight_giou=weight_giou)
         self.weight_visible = weight_visible
 
     def forward(
-        self, boxes: Tensor, visible_logits: Tensor, target_boxes: Tensor, target_visible: Tensor
+        self,
+        boxes: Tensor,
+        visible_logits: Tensor,
+        target_boxes: Tensor,
+        target_visible: Tensor,
+        *,
+        patch_logits: Tensor | None = None,
+        grid_size: tuple[int, int] | None = None,
     ) -> dict[str, Tensor]:
         """Args: ``boxes (B, T, 4)``, ``visible_logits (B, T)``, ``target_boxes (B, T, 4)``,
         ``target_visible (B, T)`` bool (all normalised cxcywh)."""
         target_visible = target_visible.to(boxes.device).bool()
-        losses = self.box(boxes, target_boxes, target_visible)
+        losses = self.box(boxes, target_boxes, target_visible, patch_logits=patch_logits, grid_size=grid_size)
         losses["loss_visible"] = self.weight_visible * F.binary_cross_entropy_with_logits(
             visible_logits.float(), target_visible.float()
         )

@@ -9,6 +9,7 @@ ones compare row ``i`` with row ``i`` and return ``(N,)``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
@@ -23,6 +24,8 @@ __all__ = [
     "generalized_box_iou_elementwise",
     "boxes_to_pixels",
     "check_normalized_boxes",
+    "patch_centers",
+    "patch_targets",
 ]
 
 
@@ -78,8 +81,7 @@ def generalized_box_iou_elementwise(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     inter, union = _elementwise_inter_union(boxes_a, boxes_b)
     iou = inter / union.clamp(min=1e-7)
     hull_wh = (
-        torch.maximum(boxes_a[..., 2:], boxes_b[..., 2:])
-        - torch.minimum(boxes_a[..., :2], boxes_b[..., :2])
+        torch.maximum(boxes_a[..., 2:], boxes_b[..., 2:]) - torch.minimum(boxes_a[..., :2], boxes_b[..., :2])
     ).clamp(min=0)
     hull = (hull_wh[..., 0] * hull_wh[..., 1]).clamp(min=1e-7)
     return iou - (hull - union) / hull
@@ -131,3 +133,30 @@ def check_normalized_boxes(boxes: Tensor, name: str, valid: Tensor | None = None
             f"{name}: box at sample {index[0]} (index {index}) is {boxes[index].tolist()}; "
             "expected normalised (cx, cy, w, h) with w > 0, h > 0 inside [0, 1]"
         )
+
+
+def patch_centers(height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """``(h * w, 2)`` normalised (x, y) centres of a row-major patch grid."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((grid_x.flatten(), grid_y.flatten()), dim=-1)
+
+
+def patch_targets(boxes: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    """``(..., 4)`` normalised cxcywh boxes -> ``(..., N)`` target distribution over patches.
+
+    Uniform over the patches whose centre lies in the box; a box too small to hold a patch
+    centre puts all the mass on the patch that holds its centre.
+    """
+    height, width = grid_size
+    centers = patch_centers(height, width, boxes.device)  # (N, 2)
+    box = boxes.float()[..., None, :]
+    inside = ((centers[:, 0] - box[..., 0]).abs() <= box[..., 2] / 2) & (
+        (centers[:, 1] - box[..., 1]).abs() <= box[..., 3] / 2
+    )
+    col = (boxes[..., 0] * width).long().clamp(0, width - 1)
+    row = (boxes[..., 1] * height).long().clamp(0, height - 1)
+    fallback = F.one_hot(row * width + col, height * width).bool()
+    inside = torch.where(inside.any(-1, keepdim=True), inside, fallback)
+    return inside.float() / inside.sum(-1, keepdim=True)

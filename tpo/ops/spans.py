@@ -65,7 +65,8 @@ def temporal_iou(spans_a: Tensor, spans_b: Tensor) -> Tensor:
     A pair whose union is empty (two zero-length spans) has IoU 0.
     """
     inter, union = temporal_intersection_union(spans_a, spans_b)
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+    positive = union > 0
+    return torch.where(positive, inter / torch.where(positive, union, 1.0), 0.0)
 
 
 def generalized_temporal_iou(spans_a: Tensor, spans_b: Tensor) -> Tensor:
