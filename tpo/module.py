@@ -86,6 +86,9 @@ class TPOModule(L.LightningModule):
         warmup_ratio: fraction of the optimizer steps spent in linear warmup.
         schedule_steps: length of the cosine schedule in optimizer steps (default: the trainer's
             estimate, which needs ``max_steps`` or ``max_epochs``).
+        init_from: a Lightning checkpoint of the previous stage whose weights start this one (the
+            optimizer starts afresh); ``tpo fit --config configs/stage2.yaml
+            --model.init_from stage1.ckpt`` switches stages in one command.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class TPOModule(L.LightningModule):
         learning_rates: Mapping[str, float] | None = None,
         warmup_ratio: float = 0.03,
         schedule_steps: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -121,6 +125,8 @@ class TPOModule(L.LightningModule):
         self.learning_rates = dict(learning_rates or {})
         self.warmup_ratio = warmup_ratio
         self.schedule_steps = schedule_steps
+        if init_from is not None:
+            self._load_weights(init_from)
         self.stage.assign(self)
         self.metrics = nn.ModuleDict(
             {
@@ -128,6 +134,18 @@ class TPOModule(L.LightningModule):
                 for mode in ("teacher", "generated")
             }
         )
+
+    def _load_weights(self, checkpoint: str) -> None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from: {path} does not exist (expected a Lightning .ckpt)")
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"init_from {path}: weights do not fit this module (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); the stages must share backbone, heads and LoRA"
+            )
 
     # ------------------------------------------------------------------ pieces
     def run_heads(self, batch: Mapping[str, Any], out: BackboneOutput) -> dict[str, tuple[Any, Tensor]]:
@@ -141,7 +159,7 @@ class TPOModule(L.LightningModule):
             gathered = out.tasks.get(task)
             if gathered is None or len(gathered) == 0:
                 continue
-            inputs = get_task_adapter(task).head_inputs(out, gathered.batch_index)
+            inputs = get_task_adapter(task).head_inputs(out, gathered.batch_index, head)
             results[task] = (head(gathered.embeds, **inputs), gathered.batch_index)
         return results
 

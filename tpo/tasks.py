@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchvision.ops import box_convert
@@ -33,8 +34,8 @@ class TaskAdapter:
     Attributes:
         head_class: the default head class.
         visual_kwarg: the head constructor argument that takes the backbone's visual width.
-        head_inputs: ``(output, index (n,)) -> kwargs`` for ``head.forward`` (besides the task
-            embeddings) for the samples ``index``.
+        head_inputs: ``(output, index (n,), head) -> kwargs`` for ``head.forward`` (besides the
+            task embeddings) for the samples ``index``.
         head_targets: ``(targets rows) -> targets`` in the form ``head.loss`` takes.
         make_metric: a new metric object.
         headline: the metric key shown in tables.
@@ -45,7 +46,7 @@ class TaskAdapter:
 
     head_class: type[nn.Module]
     visual_kwarg: str
-    head_inputs: Callable[[BackboneOutput, Tensor], dict]
+    head_inputs: Callable[..., dict]
     head_targets: Callable[[Mapping[str, Any]], Any]
     make_metric: Callable[[], Metric]
     headline: str
@@ -68,7 +69,7 @@ def _cxcywh_to_px(boxes: Tensor, size: tuple[int, int], fmt: str) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- temporal
-def _temporal_inputs(out: BackboneOutput, index: Tensor) -> dict:
+def _temporal_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = None) -> dict:
     return {"video": out.visual[index], "video_mask": out.visual_mask[index]}
 
 
@@ -90,7 +91,7 @@ def _temporal_score(metric, preds, rows, meta) -> None:
 
 
 # ---------------------------------------------------------------------------- box
-def _box_inputs(out: BackboneOutput, index: Tensor) -> dict:
+def _box_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = None) -> dict:
     return {"visual": out.visual[index, 0], "grid_size": out.visual_grid}
 
 
@@ -103,7 +104,7 @@ def _box_score(metric, preds, rows, meta) -> None:
 
 
 # ---------------------------------------------------------------------------- track
-def _track_inputs(out: BackboneOutput, index: Tensor) -> dict:
+def _track_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = None) -> dict:
     return {"frames": out.visual[index], "grid_size": out.visual_grid}
 
 
@@ -115,9 +116,20 @@ def _track_score(metric, preds, rows, meta) -> None:
 
 
 # ---------------------------------------------------------------------------- mask
-def _mask_inputs(out: BackboneOutput, index: Tensor) -> dict:
+def _mask_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = None) -> dict:
     height, width = out.visual_grid
-    return {"image": out.visual[index].unflatten(2, (height, width)).permute(0, 1, 4, 2, 3)}
+    inputs = {"image": out.visual[index].unflatten(2, (height, width)).permute(0, 1, 4, 2, 3)}
+    if getattr(head, "high_res_dims", None) is not None:
+        if out.frames is None:
+            raise ValueError("mask head: high_res_dims is set but the backbone gave no frames")
+        frames = out.frames[index].flatten(0, 1).float()
+        inputs["high_res"] = [
+            F.interpolate(frames, size=(scale * height, scale * width), mode="bilinear", antialias=True)
+            .unflatten(0, (len(index), -1))
+            .to(out.visual.dtype)
+            for scale in (4, 2)
+        ]
+    return inputs
 
 
 def _mask_score(metric, preds, rows, meta) -> None:

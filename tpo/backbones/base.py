@@ -40,6 +40,8 @@ class BackboneOutput:
             ``D_v`` = the backbone's :attr:`Backbone.visual_dim`; ``None`` for a text-only batch.
         visual_mask: ``(B, T)`` bool, True for real frames (samples with fewer frames are padded).
         visual_grid: ``(h, w)`` of the patch grid behind ``N``.
+        frames: ``(B, T, 3, H, W)`` the normalised frames the vision tower read, aligned with
+            ``visual`` (for heads that want pixels, e.g. a mask head's high-resolution skips).
         tasks: ``{task: TaskGather}`` hidden states at each task's placeholder tokens.
     """
 
@@ -49,6 +51,7 @@ class BackboneOutput:
     visual: Tensor | None = None
     visual_mask: Tensor | None = None
     visual_grid: tuple[int, int] | None = None
+    frames: Tensor | None = None
     tasks: dict[str, TaskGather] = field(default_factory=dict)
 
 

@@ -231,21 +231,29 @@ class LlavaBackbone(Backbone):
             )
         return counts
 
-    def encode_visual(self, batch: dict) -> tuple[dict[str, Any], Tensor | None, Tensor | None]:
+    def encode_visual(
+        self, batch: dict
+    ) -> tuple[dict[str, Any], Tensor | None, Tensor | None, Tensor | None]:
         """Encode the batch's images and videos.
 
         Returns:
-            ``mm_encoder_outputs`` for the model, ``visual (B, T, N, D)`` and ``visual_mask (B, T)``
-            (both ``None`` for a text-only batch).
+            ``mm_encoder_outputs`` for the model, ``visual (B, T, N, D)``, ``visual_mask (B, T)`` and
+            the normalised ``frames (B, T, 3, H, W)`` the vision tower read (base crop of an image);
+            ``None`` for a text-only batch, and ``frames`` also where image and video sizes differ.
         """
         input_ids = self._require(batch, "input_ids")
         batch_size = input_ids.shape[0]
-        mm, per_sample = {}, [[] for _ in range(batch_size)]
+        mm = {}
+        tokens: list[list[Tensor]] = [[] for _ in range(batch_size)]
+        pixels: list[list[Tensor]] = [[] for _ in range(batch_size)]
         if batch.get("pixel_values") is not None:
             mm["image"], image_tokens, per_image = self._image_features(batch)
             counts = self._images_per_sample(input_ids, image_tokens.shape[0], per_image)
-            for b, frames in enumerate(image_tokens.split(counts)):
-                per_sample[b].append(frames)
+            values = batch["pixel_values"]
+            base = values[:, 0] if values.ndim == 5 else values
+            for b, (t, p) in enumerate(zip(image_tokens.split(counts), base.split(counts), strict=True)):
+                tokens[b].append(t)
+                pixels[b].append(p)
         if batch.get("pixel_values_videos") is not None:
             mm["video"], video_tokens = self._video_features(batch)
             has_video = (input_ids == self.video_token_id).any(1).nonzero().flatten().tolist()
@@ -254,22 +262,14 @@ class LlavaBackbone(Backbone):
                     f"input_ids: {len(has_video)} samples have video tokens but "
                     f"pixel_values_videos holds {video_tokens.shape[0]} videos"
                 )
-            for b, frames in zip(has_video, video_tokens, strict=True):
-                per_sample[b].append(frames)
+            for b, t, p in zip(has_video, video_tokens, batch["pixel_values_videos"], strict=True):
+                tokens[b].append(t)
+                pixels[b].append(p)
         if not mm:
-            return mm, None, None
-        frames = [torch.cat(f) if f else None for f in per_sample]
-        sizes = {f.shape[1:] for f in frames if f is not None}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"batch: samples give different visual token shapes {sorted(sizes)} per "
-                "frame (images and videos mixed); batch them separately"
-            )
-        (size,) = sizes
-        empty = next(f for f in frames if f is not None).new_zeros(0, *size)
-        frames = [f if f is not None else empty for f in frames]
-        visual, mask = group_frames(torch.cat(frames), [f.shape[0] for f in frames], name="visual tokens")
-        return mm, visual, mask
+            return mm, None, None, None
+        visual, mask = _stack_per_sample(tokens, "visual tokens", strict=True)
+        frames, _ = _stack_per_sample(pixels, "frames", strict=False)
+        return mm, visual, mask, frames
 
     @staticmethod
     def _grid(num_tokens: int) -> tuple[int, int]:
@@ -279,7 +279,7 @@ class LlavaBackbone(Backbone):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict) -> BackboneOutput:
         """Run the model on a batch; see the class docstring for the keys."""
-        mm, visual, visual_mask = self.encode_visual(batch)
+        mm, visual, visual_mask, frames = self.encode_visual(batch)
         out = self._lm_forward(batch, mm_encoder_outputs=mm or None)
         hidden = out.hidden_states[-1]
         return BackboneOutput(
@@ -289,6 +289,7 @@ class LlavaBackbone(Backbone):
             visual=visual,
             visual_mask=visual_mask,
             visual_grid=self._grid(visual.shape[2]) if visual is not None else None,
+            frames=frames,
             tasks=self.gather_tasks(batch["input_ids"], hidden),
         )
 
@@ -313,3 +314,24 @@ class LlavaBackbone(Backbone):
             model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
             return cls(model, AutoProcessor.from_pretrained(directory))
         return super().from_pretrained(directory, **model_kwargs)
+
+
+def _stack_per_sample(items: list[list[Tensor]], name: str, *, strict: bool) -> tuple[Tensor | None, Tensor]:
+    """Per-sample lists of ``(F_i, ...)`` tensors -> ``(B, T, ...)`` padded and ``(B, T)`` mask.
+
+    Samples give different per-frame shapes when images and videos mix: an error with ``strict``,
+    else ``None``.
+    """
+    per_sample = [torch.cat(f) if f else None for f in items]
+    shapes = {f.shape[1:] for f in per_sample if f is not None}
+    if len(shapes) > 1:
+        if not strict:
+            return None, None
+        raise ValueError(
+            f"batch: samples give different {name} shapes {sorted(shapes)} per frame "
+            "(images and videos mixed); batch them separately"
+        )
+    (shape,) = shapes
+    empty = next(f for f in per_sample if f is not None).new_zeros(0, *shape)
+    per_sample = [f if f is not None else empty for f in per_sample]
+    return group_frames(torch.cat(per_sample), [f.shape[0] for f in per_sample], name=name)

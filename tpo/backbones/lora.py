@@ -63,18 +63,14 @@ def apply_lora(
     pattern = rf"^{scope}(?:.*\.)?({names})$"
     if not any(re.match(pattern, n) for n, m in model.named_modules() if isinstance(m, nn.Linear)):
         raise ValueError(
-            f"target_modules: no linear layer of the LLM matches {list(target_modules)} "
-            f"(pattern {pattern!r})"
+            f"target_modules: no linear layer of the LLM matches {list(target_modules)} (pattern {pattern!r})"
         )
     token_indices = None
     if train_token_rows and backbone.task_tokens is not None:
         rows = backbone.task_tokens.trainable_token_rows().tolist()
         token_indices = {_module_name(model, backbone.language_model.get_input_embeddings()): rows}
         output = backbone.language_model.get_output_embeddings()
-        if (
-            output is not None
-            and output.weight is not backbone.language_model.get_input_embeddings().weight
-        ):
+        if output is not None and output.weight is not backbone.language_model.get_input_embeddings().weight:
             token_indices[_module_name(model, output)] = rows
     config = LoraConfig(
         r=r,

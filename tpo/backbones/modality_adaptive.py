@@ -72,8 +72,10 @@ def _route(routing: _Routing, x: Tensor, branches: Sequence[Callable[[Tensor], T
     A branch sees only its own tokens, so an absent modality's parameters get no gradient.
     """
     if x.shape[:2] != routing.shape:
-        raise ValueError(f"hidden_states: expected (B, S, D) with (B, S) = {routing.shape} from the "
-                         f"modality indicators, got {tuple(x.shape)}")
+        raise ValueError(
+            f"hidden_states: expected (B, S, D) with (B, S) = {routing.shape} from the "
+            f"modality indicators, got {tuple(x.shape)}"
+        )
     if len(routing.present) == 1:
         return branches[routing.present[0]](x)
     out = None
@@ -111,9 +113,11 @@ class _State:
         if self.routing is not None:
             return self.routing
         if _in_backward():
-            raise RuntimeError("a modality-adaptive layer is recomputed in backward without its "
-                               "modalities: enable checkpointing with context_fn="
-                               "ma.checkpoint_context (see ModalityAdaptive.checkpoint_context)")
+            raise RuntimeError(
+                "a modality-adaptive layer is recomputed in backward without its "
+                "modalities: enable checkpointing with context_fn="
+                "ma.checkpoint_context (see ModalityAdaptive.checkpoint_context)"
+            )
         return self.make_routing(x.shape[0], x.shape[1], offset=0, device=x.device)
 
     def make_routing(self, batch: int, length: int, *, offset: int, device: torch.device) -> _Routing:
@@ -124,22 +128,26 @@ class _State:
         """
         if self.explicit is not None:
             ind = self.explicit.to(device)
-            ind = ind[:, offset:offset + length]
+            ind = ind[:, offset : offset + length]
             if ind.shape[1] < length:
                 ind = F.pad(ind, (0, length - ind.shape[1]))
         elif self.auto is not None:
             if self.auto.shape[1] != length:
-                raise ValueError(f"input_ids: {self.auto.shape[1]} tokens give the modality "
-                                 f"indicators but the language model reads {length}; set them "
-                                 "with ModalityAdaptive.indicators")
+                raise ValueError(
+                    f"input_ids: {self.auto.shape[1]} tokens give the modality "
+                    f"indicators but the language model reads {length}; set them "
+                    "with ModalityAdaptive.indicators"
+                )
             ind = self.auto.to(device)
         else:
             return _Routing((batch, length), (0,), {})
         if ind.shape[0] != batch:
             if ind.shape[0] == 0 or batch % ind.shape[0]:
-                raise ValueError(f"modality indicators: batch of {ind.shape[0]} for a forward of "
-                                 f"{batch} sequences (expected the same, or a divisor for expanded "
-                                 "generation)")
+                raise ValueError(
+                    f"modality indicators: batch of {ind.shape[0]} for a forward of "
+                    f"{batch} sequences (expected the same, or a divisor for expanded "
+                    "generation)"
+                )
             ind = ind.repeat_interleave(batch // ind.shape[0], dim=0)
         present = tuple(torch.unique(ind).tolist())
         if present in ((), (0,)):
@@ -202,11 +210,18 @@ class ModalityLinear(nn.Linear):
 
     def __init__(self, original: nn.Linear, *, num_modalities: int, state: _State) -> None:
         if type(original) is not nn.Linear:
-            raise ValueError(f"{type(original).__name__}: expected a plain nn.Linear key/value "
-                             "projection; wrap the model with ModalityAdaptive before adding "
-                             "adapters (LoRA) or quantising it")
-        super().__init__(original.in_features, original.out_features, bias=original.bias is not None,
-                         device=original.weight.device, dtype=original.weight.dtype)
+            raise ValueError(
+                f"{type(original).__name__}: expected a plain nn.Linear key/value "
+                "projection; wrap the model with ModalityAdaptive before adding "
+                "adapters (LoRA) or quantising it"
+            )
+        super().__init__(
+            original.in_features,
+            original.out_features,
+            bias=original.bias is not None,
+            device=original.weight.device,
+            dtype=original.weight.dtype,
+        )
         self.weight = original.weight
         self.bias = original.bias
         self.branches = nn.ModuleDict({str(m): copy.deepcopy(original) for m in range(1, num_modalities)})
@@ -224,10 +239,14 @@ class ModalityLinear(nn.Linear):
 
 def _decoder_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, layer)`` of every decoder layer with the two norms and k/v projections."""
-    return [(name, m) for name, m in model.named_modules()
-            if hasattr(m, "input_layernorm") and hasattr(m, "post_attention_layernorm")
-            and hasattr(getattr(m, "self_attn", None), "k_proj")
-            and hasattr(m.self_attn, "v_proj")]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if hasattr(m, "input_layernorm")
+        and hasattr(m, "post_attention_layernorm")
+        and hasattr(getattr(m, "self_attn", None), "k_proj")
+        and hasattr(m.self_attn, "v_proj")
+    ]
 
 
 class ModalityAdaptive:
@@ -238,9 +257,17 @@ class ModalityAdaptive:
     token is text, so a wrapped model behaves exactly as before on text.
     """
 
-    def __init__(self, model: nn.Module, *, num_modalities: int, norms: list[ModalityNorm],
-                 projections: list[ModalityLinear], text_models: list[nn.Module], state: _State,
-                 visual_token_ids: Tensor | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_modalities: int,
+        norms: list[ModalityNorm],
+        projections: list[ModalityLinear],
+        text_models: list[nn.Module],
+        state: _State,
+        visual_token_ids: Tensor | None,
+    ) -> None:
         self.model = model
         self.num_modalities = num_modalities
         self.norms = norms
@@ -257,8 +284,9 @@ class ModalityAdaptive:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def wrap(cls, model: nn.Module, num_modalities: int = 2, *,
-             visual_token_ids: Sequence[int] | None = None) -> ModalityAdaptive:
+    def wrap(
+        cls, model: nn.Module, num_modalities: int = 2, *, visual_token_ids: Sequence[int] | None = None
+    ) -> ModalityAdaptive:
         """Make every decoder layer of ``model`` modality-adaptive, in place.
 
         Args:
@@ -280,8 +308,10 @@ class ModalityAdaptive:
             raise ValueError(f"num_modalities: expected >= 2, got {num_modalities}")
         layers = _decoder_layers(model)
         if not layers:
-            raise ValueError(f"model: {type(model).__name__} has no decoder layer with "
-                             "input_layernorm, post_attention_layernorm and self_attn.k_proj/v_proj")
+            raise ValueError(
+                f"model: {type(model).__name__} has no decoder layer with "
+                "input_layernorm, post_attention_layernorm and self_attn.k_proj/v_proj"
+            )
         if any(isinstance(layer.input_layernorm, ModalityNorm) for _, layer in layers):
             raise ValueError(f"model: {type(model).__name__} is already modality-adaptive")
         state = _State(num_modalities)
@@ -292,15 +322,23 @@ class ModalityAdaptive:
                 setattr(layer, attr, norm)
                 norms.append(norm)
             for attr in ("k_proj", "v_proj"):
-                proj = ModalityLinear(getattr(layer.self_attn, attr), num_modalities=num_modalities,
-                                      state=state)
+                proj = ModalityLinear(
+                    getattr(layer.self_attn, attr), num_modalities=num_modalities, state=state
+                )
                 setattr(layer.self_attn, attr, proj)
                 projections.append(proj)
         parents = {name.rsplit(".", 2)[0] if name.count(".") >= 2 else "" for name, _ in layers}
         text_models = [model.get_submodule(p) for p in sorted(parents)]
         ids = None if visual_token_ids is None else torch.as_tensor(list(visual_token_ids), dtype=torch.long)
-        return cls(model, num_modalities=num_modalities, norms=norms, projections=projections,
-                   text_models=text_models, state=state, visual_token_ids=ids)
+        return cls(
+            model,
+            num_modalities=num_modalities,
+            norms=norms,
+            projections=projections,
+            text_models=text_models,
+            state=state,
+            visual_token_ids=ids,
+        )
 
     # ------------------------------------------------------------------ indicators
     @contextmanager
@@ -323,8 +361,10 @@ class ModalityAdaptive:
             raise ValueError(f"modality: expected an integer (long) tensor, got {modality.dtype}")
         modality = modality.long()
         if modality.numel() and (modality.min() < 0 or modality.max() >= self.num_modalities):
-            raise ValueError(f"modality: values must lie in [0, {self.num_modalities}), got "
-                             f"[{int(modality.min())}, {int(modality.max())}]")
+            raise ValueError(
+                f"modality: values must lie in [0, {self.num_modalities}), got "
+                f"[{int(modality.min())}, {int(modality.max())}]"
+            )
         previous, self._state.explicit = self._state.explicit, modality
         try:
             yield
@@ -342,8 +382,10 @@ class ModalityAdaptive:
                 return
             past = bound.get("past_key_values")
             offset = past.get_seq_length() if past is not None else 0
-            self._state.routing = self._state.make_routing(tokens.shape[0], tokens.shape[1],
-                                                           offset=offset, device=tokens.device)
+            self._state.routing = self._state.make_routing(
+                tokens.shape[0], tokens.shape[1], offset=offset, device=tokens.device
+            )
+
         return hook
 
     def _clear_routing(self, module: nn.Module, args: tuple, output) -> None:

@@ -311,7 +311,7 @@ class VideoChatBackbone(Backbone):
         with self.input_boxes(batch.get("track_boxes")):
             embeds = self.llm.get_input_embeddings()(input_ids)
         is_visual = input_ids == self.video_token_id
-        visual = visual_mask = None
+        visual = visual_mask = frames = None
         videos = batch.get("pixel_values_videos")
         num_clips = 0 if videos is None else videos.shape[0]
         if int(is_visual.sum()) != num_clips * self.num_query_tokens:
@@ -331,6 +331,7 @@ class VideoChatBackbone(Backbone):
             counts = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
             counts.index_add_(0, clip_sample, frames_per_clip)
             visual, visual_mask = group_frames(patch_tokens, counts.tolist(), name="visual tokens")
+            frames, _ = group_frames(videos[frame_mask], counts.tolist(), name="frames")
         adaptive = self.modality_adaptive
         with adaptive.indicators(is_visual.long()) if adaptive is not None else nullcontext():
             out = self.llm(
@@ -348,6 +349,7 @@ class VideoChatBackbone(Backbone):
             visual=visual,
             visual_mask=visual_mask,
             visual_grid=self.vision.grid if visual is not None else None,
+            frames=frames,
             tasks=self.gather_tasks(input_ids, hidden),
         )
 

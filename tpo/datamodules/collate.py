@@ -69,18 +69,28 @@ class TaskCollator:
             the batch's longest video, one frame without videos; the ``<image>`` marker becomes
             the video marker), for backbones whose image and video paths yield different token
             counts per frame and so cannot share a batch.
+        keep_media: also put each sample's frames ``(T, H, W, 3)`` uint8 in its ``meta`` as
+            ``"frames"`` (for drawing predictions).
     """
 
-    def __init__(self, *, processor, tokenizer=None, chat: ChatFormat | None = None,
-                 add_eos: bool = True, padding_side: str | None = None,
-                 generation: bool = False, images_as_videos: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        processor,
+        tokenizer=None,
+        chat: ChatFormat | None = None,
+        add_eos: bool = True,
+        padding_side: str | None = None,
+        generation: bool = False,
+        images_as_videos: bool = False,
+        keep_media: bool = False,
+    ) -> None:
         if chat is not None and chat.assistant.endswith(" "):
-            raise ValueError("chat.assistant must not end with a space (the answer starts with "
-                             "one)")
+            raise ValueError("chat.assistant must not end with a space (the answer starts with one)")
         if padding_side not in (None, "left", "right"):
-            raise ValueError(f"padding_side: expected 'left', 'right' or None, "
-                             f"got {padding_side!r}")
+            raise ValueError(f"padding_side: expected 'left', 'right' or None, got {padding_side!r}")
         self.processor = processor
+        self.keep_media = keep_media
         self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
         self.chat = chat or ChatFormat()
         self.add_eos = add_eos
@@ -104,18 +114,23 @@ class TaskCollator:
 
     def _segments(self, item: dict) -> list[tuple[str, bool]]:
         """``(text, is_answer)`` pieces of one item's conversation."""
-        marker = (VIDEO_MARKER if item.get("video") is not None
-                  else IMAGE_MARKER if item.get("image") is not None else None)
+        marker = (
+            VIDEO_MARKER
+            if item.get("video") is not None
+            else IMAGE_MARKER
+            if item.get("image") is not None
+            else None
+        )
         turns = [list(t) for t in item["turns"]]
         joined = "".join(u for u, _ in turns)
         if marker and marker not in joined:
             turns[0][0] = f"{marker}\n{turns[0][0]}"
         count = {m: sum(u.count(m) for u, _ in turns) for m in (VIDEO_MARKER, IMAGE_MARKER)}
-        expected = {VIDEO_MARKER: int(marker == VIDEO_MARKER),
-                    IMAGE_MARKER: int(marker == IMAGE_MARKER)}
+        expected = {VIDEO_MARKER: int(marker == VIDEO_MARKER), IMAGE_MARKER: int(marker == IMAGE_MARKER)}
         if count != expected:
-            raise ValueError(f"sample {item.get('id')}: the text has {count} media markers for "
-                             f"media {expected}")
+            raise ValueError(
+                f"sample {item.get('id')}: the text has {count} media markers for media {expected}"
+            )
         eos = (self.tokenizer.eos_token or "") if self.add_eos else ""
         pieces = [(self.chat.system, False)]
         for j, (user, answer) in enumerate(turns):
@@ -132,8 +147,9 @@ class TaskCollator:
                 pieces.append((self.chat.turn_end, False))
         return [(text, target) for text, target in pieces if text]
 
-    def _answer_spans(self, all_pieces: list[list[tuple[str, bool]]], item_ids: list
-                      ) -> list[tuple[list[tuple[int, int]], list[int], int]]:
+    def _answer_spans(
+        self, all_pieces: list[list[tuple[str, bool]]], item_ids: list
+    ) -> list[tuple[list[tuple[int, int]], list[int], int]]:
         """Answer token ranges counted from the text's end, in the tokenizer's tokens.
 
         Every prefix of every text is tokenised in one batched call.
@@ -156,18 +172,24 @@ class TaskCollator:
         for pieces, with_special, item_id in zip(all_pieces, fulls, item_ids, strict=True):
             steps = [next(prefix_ids) for _ in pieces]
             ids = steps[-1]
-            lead = next((k for k in range(len(with_special) - len(ids) + 1)
-                         if with_special[k:k + len(ids)] == ids), None)
+            lead = next(
+                (k for k in range(len(with_special) - len(ids) + 1) if with_special[k : k + len(ids)] == ids),
+                None,
+            )
             if lead is None:
-                raise ValueError(f"sample {item_id}: the tokenizer's special tokens interleave "
-                                 "with the text; cannot locate the answers")
+                raise ValueError(
+                    f"sample {item_id}: the tokenizer's special tokens interleave "
+                    "with the text; cannot locate the answers"
+                )
             trailing = len(with_special) - lead - len(ids)
             ranges, first, start = [], None, 0
             for (text, target), step in zip(pieces, steps, strict=True):
                 end = len(step)
                 if ids[:end] != step:
-                    raise ValueError(f"sample {item_id}: tokens merge across the boundary before "
-                                     f"{text!r}; make the chat format separate the pieces")
+                    raise ValueError(
+                        f"sample {item_id}: tokens merge across the boundary before "
+                        f"{text!r}; make the chat format separate the pieces"
+                    )
                 if target:
                     ranges.append((len(ids) - start, len(ids) - end))
                     first = start if first is None else first
@@ -181,8 +203,7 @@ class TaskCollator:
             raise ValueError("collate: no items")
         images, videos = [], []
         if self.images_as_videos:
-            frames = max((len(it["video"]) for it in items if it.get("video") is not None),
-                         default=1)
+            frames = max((len(it["video"]) for it in items if it.get("video") is not None), default=1)
             items = [self._as_video(item, frames) for item in items]
         all_pieces = [self._segments(item) for item in items]
         texts = ["".join(text for text, _ in pieces) for pieces in all_pieces]
@@ -209,25 +230,39 @@ class TaskCollator:
         for b, ((ranges, tail, trailing), item) in enumerate(zip(located, items, strict=True)):
             valid = mask[b].nonzero().flatten()
             end = int(valid[-1]) + 1 - trailing
-            if tail and input_ids[b, end - len(tail):end].tolist() != tail:
-                raise ValueError(f"sample {item.get('id')}: the processor's tokens after the first "
-                                 "answer differ from the tokenizer's; labels cannot be placed")
+            if tail and input_ids[b, end - len(tail) : end].tolist() != tail:
+                raise ValueError(
+                    f"sample {item.get('id')}: the processor's tokens after the first "
+                    "answer differ from the tokenizer's; labels cannot be placed"
+                )
             for back_start, back_end in ranges:
-                labels[b, end - back_start:end - back_end] = input_ids[b, end - back_start:end -
-                                                                      back_end]
-        boxes = [np.asarray(item["input_boxes"], np.float32).reshape(-1, 4)
-                 for item in items if item.get("input_boxes") is not None]
+                labels[b, end - back_start : end - back_end] = input_ids[b, end - back_start : end - back_end]
+        boxes = [
+            np.asarray(item["input_boxes"], np.float32).reshape(-1, 4)
+            for item in items
+            if item.get("input_boxes") is not None
+        ]
         encoded.update(
             labels=labels,
-            track_boxes=_to_tensor(np.concatenate(boxes) if boxes else np.zeros((0, 4)),
-                                   torch.float32),
+            track_boxes=_to_tensor(np.concatenate(boxes) if boxes else np.zeros((0, 4)), torch.float32),
             targets=self._targets(items),
-            meta=[item.get("meta", {}) | {"id": item.get("id"), "task": item["task"]}
-                  for item in items],
+            meta=[
+                item.get("meta", {})
+                | {"id": item.get("id"), "task": item["task"]}
+                | ({"frames": self._media(item)} if self.keep_media else {})
+                for item in items
+            ],
             tasks=[item["task"] for item in items],
             skipped=[msg for item in items for msg in item.get("skipped", [])],
         )
         return encoded
+
+    @staticmethod
+    def _media(item: dict) -> np.ndarray | None:
+        """The sample's frames ``(T, H, W, 3)`` uint8 (an image is one frame), or ``None``."""
+        if item.get("video") is not None:
+            return np.asarray(item["video"])
+        return None if item.get("image") is None else np.asarray(item["image"])[None]
 
     @staticmethod
     def _targets(items: Sequence[dict]) -> dict[str, dict]:
@@ -246,12 +281,13 @@ class TaskCollator:
                     continue
                 shapes = {np.shape(v) for v in values}
                 if len(shapes) > 1:
-                    raise ValueError(f"targets[{task!r}][{key!r}]: samples "
-                                     f"{[items[b].get('id') for b in index]} have shapes "
-                                     f"{sorted(shapes)}; resize them to one size (frame_size)")
+                    raise ValueError(
+                        f"targets[{task!r}][{key!r}]: samples "
+                        f"{[items[b].get('id') for b in index]} have shapes "
+                        f"{sorted(shapes)}; resize them to one size (frame_size)"
+                    )
                 entry[key] = _to_tensor(np.stack(values))
             if task == "temporal":
-                entry["per_sample"] = [{key: entry[key][k] for key in rows[0]}
-                                       for k in range(len(index))]
+                entry["per_sample"] = [{key: entry[key][k] for key in rows[0]} for k in range(len(index))]
             out[task] = entry
         return out
