@@ -16,11 +16,16 @@ import pytest
 from tpo.datamodules import make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model.heads.temporal.hidden_dim=32", "--model.heads.box.hidden_dim=32",
-    "--model.heads.track.hidden_dim=32", "--model.heads.mask.hidden_dim=32",
-    "--data.batch_size=4",
-]
+SMALLER = """
+model:
+  heads:
+    temporal: {hidden_dim: 32, num_heads: 4, num_encoder_layers: 1, num_decoder_layers: 1, dim_feedforward: 64, dropout: 0.0}
+    box: {hidden_dim: 32, num_heads: 4, num_layers: 1, dim_feedforward: 64}
+    track: {hidden_dim: 32, num_heads: 4, num_layers: 1, dim_feedforward: 64}
+    mask: {hidden_dim: 32, num_heads: 4, num_layers: 1, mlp_dim: 64, high_res_dims: [3, 3]}
+data:
+  batch_size: 4
+"""
 
 
 def tpo(args: list[str], data: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -44,15 +49,16 @@ def logged(folder: Path) -> dict[str, float]:
 def test_ddp_fit_then_validation_equals_a_single_process_evaluation(tmp_path):
     data = tmp_path / "data"
     make_synthetic_dataset(data, n_videos=20, size=32, num_frames=8, seed=1)
-    config = str(ROOT / "configs" / "demo.yaml")
-    tpo(["fit", "--config", config, *TINY, "--trainer.devices=2", "--trainer.strategy=ddp",
+    (tmp_path / "smaller.yaml").write_text(SMALLER)
+    configs = ["--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(tmp_path / "smaller.yaml")]
+    tpo(["fit", *configs, "--trainer.devices=2", "--trainer.strategy=ddp",
          "--trainer.max_time=null", "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
          f"--trainer.default_root_dir={tmp_path / 'fit'}", "--trainer.logger=false"], data, tmp_path)
     (checkpoint,) = (tmp_path / "fit").rglob("*.ckpt")
     results = {}
     for devices in (2, 1):
         out = tmp_path / f"validate{devices}"
-        tpo(["validate", "--config", config, *TINY, f"--trainer.devices={devices}",
+        tpo(["validate", *configs, f"--trainer.devices={devices}",
              *(["--trainer.strategy=ddp"] if devices == 2 else []),
              "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={out}",
              f"--ckpt_path={checkpoint}"], data, tmp_path)

@@ -4,4 +4,12 @@ from tpo.tokens import TaskSpec, TaskTokens, register_task
 
 __version__ = "0.1.0"
 
-__all__ = ["TaskSpec", "TaskTokens", "register_task", "__version__"]
+__all__ = ["TPOModule", "TaskSpec", "TaskTokens", "register_task", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "TPOModule":  # imported on first use: it pulls in Lightning and every head
+        from tpo.module import TPOModule
+
+        return TPOModule
+    raise AttributeError(f"module 'tpo' has no attribute {name!r}")

@@ -97,10 +97,10 @@ def _trainer(**kwargs) -> Trainer:
 
 
 def _table(metrics: dict) -> str:
-    lines = [f"{'task':12s} {'metric':12s} {'value':>8s} {'chance':>8s}"]
+    lines = [f"{'task':12s} {'metric':24s} {'value':>8s} {'chance':>8s}"]
     for task, rows in metrics.items():
         for name, row in rows.items():
-            lines.append(f"{task:12s} {name:12s} {row['value']:8.3f} {row['chance']:8.3f}")
+            lines.append(f"{task:12s} {name:24s} {row['value']:8.3f} {row['chance']:8.3f}")
     return "\n".join(lines)
 
 
@@ -199,7 +199,7 @@ def _draw_item(out: Path, task: str, item: dict, batch: dict) -> None:
     from tpo import viz
 
     meta, pred = item["meta"], item["prediction"]
-    index = batch["meta"].index(meta)
+    index = next(i for i, m in enumerate(batch["meta"]) if m is meta)
     rows = batch["targets"][task]
     row = int((rows["sample_index"] == index).nonzero()[0, 0])
     height, width = meta["frame_size"]
