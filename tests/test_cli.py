@@ -48,7 +48,7 @@ def test_tpo_without_a_subcommand_prints_help(capsys):
 def test_configs_parse_with_the_lightning_cli(configs, capsys):
     from tpo.cli import main
 
-    args = ["fit"] + [a for c in configs for a in ("--config", str(ROOT / "configs" / c))] + ["--print_config"]
+    args = ["fit", *[a for c in configs for a in ("--config", str(ROOT / "configs" / c))], "--print_config"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code in (0, None)

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALLER = """
 model:
   heads:
-    temporal: {hidden_dim: 32, num_heads: 4, num_encoder_layers: 1, num_decoder_layers: 1, dim_feedforward: 64, dropout: 0.0}
+    temporal: {hidden_dim: 32, num_heads: 4, num_encoder_layers: 1, num_decoder_layers: 1,
+               dim_feedforward: 64, dropout: 0.0}
     box: {hidden_dim: 32, num_heads: 4, num_layers: 1, dim_feedforward: 64}
     track: {hidden_dim: 32, num_heads: 4, num_layers: 1, dim_feedforward: 64}
     mask: {hidden_dim: 32, num_heads: 4, num_layers: 1, mlp_dim: 64, high_res_dims: [3, 3]}
