@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_tpo_demo_runs_offline_and_writes_metrics_and_plots(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--modality-adaptive"]], ids=["plain", "modality_adaptive"])
+def test_tpo_demo_runs_offline_and_writes_metrics_and_plots(tmp_path, extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
         [sys.executable, "-m", "tpo.cli", "demo", "--out", str(tmp_path), "--minutes", "0.25",
-         "--videos", "24", "--batch-size", "8", "--no-progress"],
+         "--videos", "24", "--batch-size", "8", "--no-progress", *extra],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -30,6 +31,8 @@ def test_tpo_demo_runs_offline_and_writes_metrics_and_plots(tmp_path):
     for plot in ("losses.png", "temporal_timeline.png", "boxes.png", "tracking.png", "masks.png"):
         assert (tmp_path / plot).stat().st_size > 1000, plot
     assert "held-out metrics" in result.stdout and "chance" in result.stdout
+    history = metrics["language"]["train loss first→last"]
+    assert history["value"] < history["chance"]  # the language loss falls while it trains
 
 
 def test_tpo_without_a_subcommand_prints_help(capsys):

@@ -112,6 +112,7 @@ def run_demo(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    modality_adaptive: bool = False,
 ) -> dict:
     """Write data, train, evaluate, plot. Returns the metrics table (also ``out/metrics.json``)."""
     from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
@@ -126,7 +127,8 @@ def run_demo(
     print(f"[1/4] synthetic dataset in {data_root} ({time.time() - start:.0f} s)", flush=True)
 
     steps_estimate = max(50, int(minutes * 60 * 2.4))
-    module = TPOModule(**DEMO_MODEL, schedule_steps=steps_estimate)
+    config = {**DEMO_MODEL, "backbone": {**DEMO_MODEL["backbone"], "modality_adaptive": modality_adaptive}}
+    module = TPOModule(**config, schedule_steps=steps_estimate)
     data = MultiTaskDataModule.from_synthetic(
         data_root,
         backbone=module.backbone,
@@ -261,6 +263,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--modality-adaptive", action="store_true",
+                        help="give the LLM mPLUG-Owl2's modality-adaptive layers")
     args = parser.parse_args(argv)
     run_demo(
         args.out,
@@ -269,5 +273,6 @@ def demo_main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        modality_adaptive=args.modality_adaptive,
     )
     return 0

@@ -42,10 +42,20 @@ def create_backbone(spec: Backbone | Mapping[str, Any]) -> Backbone:
         ``{"name": "tiny_llava", "kind": "llava_onevision", ...}`` — a registered builder;
         ``{"pretrained": dir, "tasks": [...]}`` — a folder written by ``Backbone.save_pretrained``
         or a plain Hugging Face LLaVA-family folder (task tokens are attached when it has none).
+        Either may add ``"modality_adaptive": true`` (or a number of modalities) for mPLUG-Owl2's
+        modality-adaptive layers.
     """
     if isinstance(spec, Backbone):
         return spec
     spec = dict(spec)
+    adaptive = spec.pop("modality_adaptive", False)
+    backbone = _build(spec)
+    if adaptive and backbone.modality_adaptive is None:
+        backbone.enable_modality_adaptive(2 if adaptive is True else int(adaptive))
+    return backbone
+
+
+def _build(spec: dict[str, Any]) -> Backbone:
     if "pretrained" in spec:
         directory = Path(spec.pop("pretrained"))
         tasks = spec.pop("tasks", None)
