@@ -150,3 +150,9 @@ def test_heads_export_attaches_to_a_fresh_copy_of_the_backbone(synthetic, tmp_pa
             hb, _ = restored.run_heads(batch, b)[task]
             first = next(iter(vars(ha)))
             torch.testing.assert_close(getattr(ha, first), getattr(hb, first))
+
+
+def test_learning_rates_must_name_groups_of_the_stage():
+    with pytest.raises(ValueError, match=r"\['vision'\] are not parameter groups of stage 'stage2'"):
+        TPOModule(backbone=tiny_llava("llava"), heads=SMALL_HEADS, stage="stage2", lora=None,
+                  learning_rates={"vision": 1e-3})

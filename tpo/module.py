@@ -123,6 +123,12 @@ class TPOModule(L.LightningModule):
         self.lm_weight = lm_weight
         self.stage = get_stage(stage)
         self.learning_rates = dict(learning_rates or {})
+        unknown = set(self.learning_rates) - {g.name for g in self.stage.groups}
+        if unknown:
+            raise ValueError(
+                f"learning_rates: {sorted(unknown)} are not parameter groups of stage "
+                f"{self.stage.name!r} ({[g.name for g in self.stage.groups]})"
+            )
         self.warmup_ratio = warmup_ratio
         self.schedule_steps = schedule_steps
         if init_from is not None:
