@@ -135,6 +135,7 @@ def run_demo(
         batch_size=batch_size,
         num_frames=8,
         seed=seed,
+        num_workers=1,  # decoding and collation overlap the training step
         collator_options={"keep_media": True},
     )
     chance = _trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
