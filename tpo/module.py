@@ -30,6 +30,11 @@ HEADS_WEIGHTS = "heads.safetensors"
 HEADS_CONFIG = "tpo_heads.json"
 
 
+def _is_head_key(key: str) -> bool:
+    """Whether a state-dict key belongs to what :meth:`TPOModule.save_heads` exports."""
+    return key.startswith(("heads.", "backbone.task_tokens.")) or is_lora_parameter(key)
+
+
 def _existing(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; expected a folder written by TPOModule.save_heads")
@@ -317,11 +322,7 @@ class TPOModule(L.LightningModule):
     def head_state(self) -> dict[str, Tensor]:
         """What :meth:`save_heads` writes: heads, task tokens, LoRA adapters and the task-token rows
         of the input embeddings and output projection."""
-        state = {
-            k: v
-            for k, v in self.state_dict().items()
-            if k.startswith("heads.") or k.startswith("backbone.task_tokens.") or is_lora_parameter(k)
-        }
+        state = {k: v for k, v in self.state_dict().items() if _is_head_key(k)}
         rows = self.backbone.task_tokens.trainable_token_rows()
         lm = self.backbone.language_model
         for name, module in (("input", lm.get_input_embeddings()), ("output", lm.get_output_embeddings())):
@@ -355,8 +356,7 @@ class TPOModule(L.LightningModule):
         state = load_file(str(_existing(directory / HEADS_WEIGHTS)))
         rows = {k: state.pop(k) for k in list(state) if k.startswith("token_rows.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
-        expected = set(self.head_state()) - {k for k in self.head_state() if k.startswith("token_rows.")}
-        missing = sorted(set(missing) & expected)
+        missing = sorted(k for k in missing if _is_head_key(k))
         if missing or unexpected:
             raise ValueError(
                 f"{directory / HEADS_WEIGHTS}: missing {missing[:5]}, unexpected {unexpected[:5]} "

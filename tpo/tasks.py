@@ -54,11 +54,9 @@ class TaskAdapter:
 
 
 def _image_size(meta: Mapping) -> tuple[int, int]:
-    size = meta.get("image_size", meta.get("frame_size"))
+    size = meta.get("image_size")
     if size is None:
-        raise ValueError(
-            f"meta: needs 'image_size' (or 'frame_size') (height, width) px, got keys {sorted(meta)}"
-        )
+        raise ValueError(f"meta: needs 'image_size' (height, width) px, got keys {sorted(meta)}")
     return int(size[0]), int(size[1])
 
 
