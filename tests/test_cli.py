@@ -57,3 +57,13 @@ def test_configs_parse_with_the_lightning_cli(configs, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "model:" in printed and "stage:" in printed and "trainer:" in printed
+
+
+def test_demo_config_trains_the_model_tpo_demo_trains():
+    from omegaconf import OmegaConf
+
+    from tpo.demo import DEMO_MODEL
+
+    model = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "demo.yaml").model)
+    model.pop("schedule_steps")
+    assert model == DEMO_MODEL
