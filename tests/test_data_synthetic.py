@@ -111,3 +111,20 @@ def test_lasot_layout_option(tmp_path):
     data = make_synthetic_dataset(tmp_path, 3, size=SIZE, num_frames=T, track_format="lasot")
     tracks = data.samples("track", "train")
     assert len(tracks) == 2 and tracks[0].visible[0] and tracks[0].description.startswith("the ")
+
+
+def test_object_size_and_visible_fraction_shape_the_clips(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "d", 6, size=SIZE, num_frames=T, seed=5,
+                                  object_size=(0.2, 0.22), visible_fraction=(0.25, 0.5))
+    for clips in data.clips.values():
+        for clip in clips:
+            for obj in clip["objects"]:
+                assert 0.2 * SIZE <= obj["radius"] <= 0.22 * SIZE
+                assert 3 <= obj["disappear"] - obj["appear"] <= T // 2
+    for moment in data.samples("temporal", "train"):  # windows: frames not hidden by the other object
+        (start, end), = moment.windows
+        assert 0 < end - start <= T / 2 / FPS + 1e-6
+    with pytest.raises(ValueError, match="object_size"):
+        make_synthetic_dataset(tmp_path / "e", 3, object_size=(0.2, 0.1))
+    with pytest.raises(ValueError, match="visible_fraction"):
+        make_synthetic_dataset(tmp_path / "f", 3, visible_fraction=(0.0, 0.5))

@@ -120,17 +120,20 @@ def _bbox_xywh(mask: np.ndarray) -> np.ndarray:
                     dtype=np.float64)
 
 
-def _random_objects(rng: np.random.Generator, size: int, num_frames: int) -> list[ObjectSpec]:
+def _random_objects(rng: np.random.Generator, size: int, num_frames: int,
+                    object_size: tuple[float, float], visible_fraction: tuple[float, float]
+                    ) -> list[ObjectSpec]:
     looks = [(c, s) for c in COLOURS for s in SHAPES]
     picks = rng.choice(len(looks), size=2, replace=False)
+    shortest = max(min(3, num_frames), int(visible_fraction[0] * num_frames))
+    longest = max(shortest, min(num_frames, int(visible_fraction[1] * num_frames)))
     objects = []
     for k in picks:
         colour, shape = looks[int(k)]
-        min_len = max(3, num_frames // 4)
-        length = int(rng.integers(min_len, num_frames + 1))
+        length = int(rng.integers(shortest, longest + 1))
         appear = int(rng.integers(0, num_frames - length + 1))
         direction = str(rng.choice(list(DIRECTIONS)))
-        radius = size * float(rng.uniform(0.11, 0.15))
+        radius = size * float(rng.uniform(*object_size))
         speed = size * 0.45 / max(num_frames - 1, 1)
         travel = speed * (length - 1)
         dx, dy = DIRECTIONS[direction]
@@ -216,7 +219,9 @@ def _questions(objects: list[ObjectSpec], rng: np.random.Generator) -> list[dict
 
 def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size: int = 48,
                            num_frames: int = 16, fps: float = 8.0, val_fraction: float = 0.2,
-                           seed: int = 0, track_format: str = "got10k") -> SyntheticDataset:
+                           seed: int = 0, track_format: str = "got10k",
+                           object_size: tuple[float, float] = (0.11, 0.15),
+                           visible_fraction: tuple[float, float] = (0.25, 1.0)) -> SyntheticDataset:
     """Write ``n_videos`` clips and their annotations under ``root`` (see the module docstring).
 
     Args:
@@ -228,6 +233,9 @@ def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size
         val_fraction: fraction of clips in ``val``.
         seed: everything is a function of the seed.
         track_format: ``"got10k"`` or ``"lasot"`` layout for the tracking sequences.
+        object_size: range of the objects' radius, as a fraction of ``size``.
+        visible_fraction: range of the fraction of the clip each object is visible (at least
+            3 frames); shorter windows make temporal grounding harder to pass by chance.
 
     Returns:
         The :class:`SyntheticDataset` (also saved as ``root/synthetic.json``).
@@ -236,6 +244,10 @@ def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size
         raise ValueError(f"size: expected an even frame size >= 16, got {size}")
     if num_frames < 4:
         raise ValueError(f"num_frames: expected at least 4, got {num_frames}")
+    if not 0.02 <= object_size[0] <= object_size[1] <= 0.3:
+        raise ValueError(f"object_size: expected 0.02 <= low <= high <= 0.3, got {object_size}")
+    if not 0 < visible_fraction[0] <= visible_fraction[1] <= 1:
+        raise ValueError(f"visible_fraction: expected 0 < low <= high <= 1, got {visible_fraction}")
     if track_format not in ("got10k", "lasot"):
         raise ValueError(f"track_format: expected 'got10k' or 'lasot', got {track_format!r}")
     root = os.fspath(root)
@@ -254,7 +266,7 @@ def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size
         clips[split] = []
         for i in indices:
             vid = f"clip{i:05d}"
-            objects = _random_objects(rng, size, num_frames)
+            objects = _random_objects(rng, size, num_frames, object_size, visible_fraction)
             frames, labels = render_clip(objects, size, num_frames)
             write_h264(os.path.join(root, "videos", f"{vid}.mp4"), frames, fps)
             areas = [(labels == k + 1).sum(axis=(1, 2)) for k in range(len(objects))]
