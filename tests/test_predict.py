@@ -1,0 +1,268 @@
+"""Predictor: generation with task calls equals teacher forcing; save/load; batching; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
+from tpo.datamodules.collate import TaskCollator
+from tpo.module import TPOModule
+from tpo.predict import Answer, Predictor, evaluate_predictor
+from tpo.tokens import get_task_spec
+
+TASKS = ("temporal", "box", "track", "mask")
+NUM_FRAMES = 4
+BACKBONE = {
+    "name": "tiny_llava",
+    "kind": "llava_onevision",
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "vision_hidden_size": 32,
+    "vision_layers": 1,
+}
+HEADS = {
+    "temporal": {"hidden_dim": 32, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_layers": 1,
+                 "dim_feedforward": 64, "dropout": 0.0},
+    "box": {"hidden_dim": 32, "num_heads": 4, "num_layers": 1, "dim_feedforward": 64},
+    "track": {"hidden_dim": 32, "num_heads": 4, "num_layers": 1, "dim_feedforward": 64},
+    "mask": {"hidden_dim": 32, "num_heads": 4, "num_layers": 1, "mlp_dim": 64, "high_res_dims": [3, 3]},
+}
+LORA = {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "r": 8, "alpha": 16, "dropout": 0.0}
+
+
+def _px_xyxy(cxcywh: np.ndarray, frame_size) -> list[float]:
+    height, width = frame_size
+    cx, cy, w, h = np.asarray(cxcywh, dtype=np.float64).reshape(4)
+    return [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_data")
+    make_synthetic_dataset(root, n_videos=10, size=32, num_frames=8, seed=4)
+    return root
+
+
+ITEM_TASKS = ("temporal", "temporal", "box", "box", "track", "track", "mask", "mask", None, None)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    """A tiny model whose LLM is trained (language loss) on ten validation questions, two per task
+    and two conversation questions, until greedy generation calls the right task on each (text on
+    the conversations); the heads keep their random initialisation (equality needs no accuracy).
+
+    Returns the module, the predictor and the ten dataset items."""
+    torch.manual_seed(0)
+    module = TPOModule(backbone=dict(BACKBONE), heads=HEADS, stage="full")
+    data = MultiTaskDataModule.from_synthetic(synthetic, backbone=module.backbone, num_frames=NUM_FRAMES)
+    names = data.val_set.names
+    items = [data.val_set.datasets[names.index(t)][i] for t in (*TASKS, "conversation") for i in (0, 1)]
+    batch = TaskCollator.from_backbone(module.backbone)(items)
+    module.requires_grad_(False)
+    params = [*module.backbone.model.model.language_model.parameters(), *module.backbone.model.lm_head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    predictor = Predictor(module, num_frames=NUM_FRAMES, fps=8.0, max_new_tokens=6)
+    for step in range(300):
+        module.train()
+        loss = module.backbone(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 5 == 4 and [a.task for a in predictor.predict_items(items)] == list(ITEM_TASKS):
+            break
+    else:
+        pytest.fail("the tiny model did not learn to call the tasks")
+    module.requires_grad_(False).eval()
+    return module, predictor, items
+
+
+def _inputs(item: dict) -> tuple:
+    """``(media, question, box)`` of a dataset item, as a user passes them."""
+    media = item["video"] if item.get("video") is not None else item["image"]
+    box = None
+    if item.get("input_boxes") is not None:
+        box = _px_xyxy(item["input_boxes"][0], item["meta"]["frame_size"])
+    return media, item["turns"][0][0], box
+
+
+def _teacher_forced(module: TPOModule, predictor: Predictor, item: dict, task: str) -> dict:
+    """``predict_step`` on the collator's training batch of the same input with the answer
+    ``<begin><placeholder>``."""
+    media, question, box = _inputs(item)
+    spec = get_task_spec(task)
+    forced = predictor.make_item(media, question, box)
+    forced["turns"] = [(question, spec.begin_token + spec.placeholder_token)]
+    batch = TaskCollator.from_backbone(module.backbone)([forced])
+    with torch.no_grad():
+        (result,) = module.predict_step(batch, 0)
+    assert result["task"] == task
+    return result["prediction"]
+
+
+def _assert_same(a: Answer, b: Answer, **tol) -> None:
+    assert (a.task, a.text) == (b.task, b.text)
+    for field in ("spans", "scores", "boxes", "track"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None) == (y is None), field
+        if x is not None:
+            torch.testing.assert_close(x, y, **tol)
+    if a.masks is not None:
+        assert torch.equal(a.masks, b.masks)
+
+
+@pytest.mark.slow
+def test_generated_task_calls_equal_teacher_forced_predict_step(trained):
+    module, predictor, items = trained
+    for item, task in zip(items, ITEM_TASKS, strict=True):
+        if task is None:
+            continue
+        answer = predictor.predict(*_inputs(item)[:2], box=_inputs(item)[2])
+        assert answer.task == task
+        spec = get_task_spec(task)
+        assert answer.text == spec.begin_token + spec.placeholder_token
+        truth = _teacher_forced(module, predictor, item, task)
+        tol = {"rtol": 1e-5, "atol": 1e-5}
+        if task == "temporal":
+            torch.testing.assert_close(answer.spans, truth.windows[:, :2], **tol)
+            torch.testing.assert_close(answer.scores, truth.windows[:, 2], **tol)
+            assert answer.spans.shape[1] == 2 and (answer.spans[:, 1] >= answer.spans[:, 0]).all()
+        elif task == "box":
+            torch.testing.assert_close(answer.boxes, truth.box_xyxy.reshape(1, 4), **tol)
+        elif task == "track":
+            torch.testing.assert_close(answer.track, truth.boxes_xywh, **tol)
+            assert answer.track.shape == (NUM_FRAMES, 4)
+        else:
+            assert answer.masks.dtype == torch.bool and answer.masks.shape == (NUM_FRAMES, 32, 32)
+            assert torch.equal(answer.masks, truth.masks)
+
+
+def _greedy_reference(module: TPOModule, predictor: Predictor, item: dict, steps: int) -> list[int]:
+    """Greedy decoding by full recomputation: one complete backbone forward per new token."""
+    batch = predictor.collator([predictor.make_item(*_inputs(item)[:2], _inputs(item)[2])])
+    tokens = module.backbone.task_tokens
+    stops = {module.backbone.tokenizer.eos_token_id, *tokens.begin_ids.tolist()}
+    never = [module.backbone.image_token_id, module.backbone.video_token_id,
+             *tokens.placeholder_ids.tolist(), *tokens.input_ids_of_boxes.tolist()]
+    new: list[int] = []
+    for _ in range(steps):
+        ids = torch.cat([batch["input_ids"], torch.tensor([new], dtype=torch.long)], 1)
+        step = {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": None}
+        with torch.no_grad():
+            logits = module.backbone(step).logits[0, -1]
+        logits[never] = -torch.inf
+        new.append(int(logits.argmax()))
+        if new[-1] in stops:
+            break
+    return new
+
+
+@pytest.mark.slow
+def test_generation_equals_greedy_recomputation_and_text_answers_have_no_task(trained):
+    module, predictor, items = trained
+    tokenizer = module.backbone.tokenizer
+    for item, task in zip(items, ITEM_TASKS, strict=True):
+        if task not in (None, "track"):
+            continue
+        answer = predictor.predict(*_inputs(item)[:2], box=_inputs(item)[2])
+        reference = _greedy_reference(module, predictor, item, predictor.max_new_tokens)
+        ids = [i for i in reference if i != tokenizer.eos_token_id]
+        if task is None:
+            assert answer.task is None and answer.prediction is None
+            assert answer.spans is None and answer.boxes is None and answer.masks is None
+            assert answer.text == tokenizer.decode(ids).strip() and answer.text
+        else:
+            assert ids[-1] == int(module.backbone.task_tokens.begin_ids[2])
+            assert answer.text == tokenizer.decode(ids).strip() + "<tracking>"
+
+
+@pytest.mark.slow
+def test_batched_predictions_equal_one_by_one(trained):
+    module, predictor, items = trained
+    order = [9, 2, 0, 5, 7, 1, 8, 3, 4, 6]  # mixed tasks, images and videos, prompt lengths
+    media, questions, boxes = zip(*(_inputs(items[i]) for i in order), strict=True)
+    batched = predictor.predict_batch(list(media), list(questions), boxes=list(boxes))
+    assert [a.task for a in batched] == [ITEM_TASKS[i] for i in order]
+    for answer, m, q, b in zip(batched, media, questions, boxes, strict=True):
+        _assert_same(answer, predictor.predict(m, q, box=b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded_and_stops_on_task_tokens(trained):
+    _, predictor, items = trained
+    media, question, box = _inputs(items[0])
+    torch.manual_seed(1)
+    a = predictor.predict_batch([media] * 3, [question] * 3, do_sample=True, temperature=1.5)
+    torch.manual_seed(1)
+    b = predictor.predict_batch([media] * 3, [question] * 3, do_sample=True, temperature=1.5)
+    for x, y in zip(a, b, strict=True):
+        _assert_same(x, y, rtol=0, atol=0)
+    for answer in a:
+        begins = [get_task_spec(t).begin_token for t in TASKS]
+        assert sum(answer.text.count(tok) for tok in begins) == (answer.task is not None)
+
+
+@pytest.mark.slow
+def test_save_pretrained_round_trip(trained, tmp_path):
+    module, predictor, items = trained
+    predictor.save_pretrained(tmp_path / "predictor")
+    restored = Predictor.from_pretrained(tmp_path / "predictor")
+    assert restored.config() == predictor.config()
+    media, questions, boxes = zip(*(_inputs(item) for item in items), strict=True)
+    before = predictor.predict_batch(list(media), list(questions), boxes=list(boxes))
+    after = restored.predict_batch(list(media), list(questions), boxes=list(boxes))
+    for a, b in zip(before, after, strict=True):
+        _assert_same(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_save_pretrained_with_lora_keeps_the_base_backbone_and_the_adapters(trained, tmp_path):
+    pytest.importorskip("peft")
+    module, predictor, items = trained
+    module.backbone.save_pretrained(tmp_path / "base")
+    from tpo.backbones.base import Backbone
+
+    lora = TPOModule(backbone=Backbone.from_pretrained(tmp_path / "base"), heads=HEADS, stage="stage2",
+                     lora=LORA)
+    lora.heads.load_state_dict(module.heads.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name or "trainable_tokens_delta" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    adapted = Predictor(lora, num_frames=NUM_FRAMES, fps=8.0, max_new_tokens=6)
+    adapted.save_pretrained(tmp_path / "predictor")
+    assert not any("lora" in k for k in _safetensor_keys(tmp_path / "predictor/backbone/model"))
+    restored = Predictor.from_pretrained(tmp_path / "predictor")
+    media, questions, boxes = zip(*(_inputs(item) for item in items), strict=True)
+    before = adapted.predict_batch(list(media), list(questions), boxes=list(boxes))
+    after = restored.predict_batch(list(media), list(questions), boxes=list(boxes))
+    assert any(a.task is not None for a in before)
+    for a, b in zip(before, after, strict=True):
+        _assert_same(a, b, rtol=0, atol=0)
+    # the saved backbone is the base model; the adapters change its outputs
+    base = Backbone.from_pretrained(tmp_path / "predictor/backbone").state_dict()
+    trained_state = module.backbone.state_dict()
+    assert sorted(base) == sorted(trained_state)
+    assert all(torch.equal(base[k], trained_state[k]) for k in base)
+    batch = predictor.collator([predictor.make_item(*_inputs(items[0])[:2])])
+    with torch.no_grad():
+        assert not torch.allclose(lora.backbone(batch).logits, module.backbone(batch).logits)
+
+
+def _safetensor_keys(directory) -> list[str]:
+    from safetensors import safe_open
+
+    keys = []
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            keys.extend(f.keys())
+    assert keys
+    return keys
