@@ -65,7 +65,8 @@ def trained(synthetic):
     items = [data.val_set.datasets[names.index(t)][i] for t in (*TASKS, "conversation") for i in (0, 1)]
     batch = TaskCollator.from_backbone(module.backbone)(items)
     module.requires_grad_(False)
-    params = [*module.backbone.model.model.language_model.parameters(), *module.backbone.model.lm_head.parameters()]
+    model = module.backbone.model
+    params = [*model.model.language_model.parameters(), *model.lm_head.parameters()]
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=3e-3)
@@ -266,3 +267,96 @@ def _safetensor_keys(directory) -> list[str]:
             keys.extend(f.keys())
     assert keys
     return keys
+
+
+@pytest.mark.slow
+def test_evaluate_predictor_scores_like_a_hand_count(trained, synthetic):
+    from torchvision.ops import box_iou
+
+    from tpo.datamodules.datasets import RefDataset
+    from tpo.datamodules.synthetic import SyntheticDataset
+
+    _, predictor, _ = trained
+    scores = evaluate_predictor(predictor, synthetic, "val", limit=2, progress=False)
+    assert set(scores) == set(TASKS)
+    assert all(scores[t]["n"] == 2 and scores[t]["assign_acc"] == 1.0 for t in TASKS)  # trained prompts
+    for task, key in (("temporal", "R1@0.5"), ("temporal", "mIoU"), ("track", "success"), ("mask", "J&F")):
+        assert 0.0 <= scores[task][key] <= 1.0
+    samples = SyntheticDataset.load(synthetic).samples("box", "val")[:2]
+    hits = []
+    for i, sample in enumerate(samples):
+        question = RefDataset(samples)[i]["turns"][0][0]
+        answer = predictor.predict(sample.image, question)
+        truth = torch.as_tensor(np.asarray(sample.box_xyxy, dtype=np.float64))[None]
+        iou = box_iou(answer.boxes.double(), truth)
+        hits.append(float(iou[0, 0] >= 0.5) if answer.task == "box" else 0.0)
+    assert scores["box"]["acc@0.5"] == pytest.approx(sum(hits) / 2)
+
+
+def test_media_are_read_as_the_datasets_read_them(plain, synthetic, tmp_path):
+    from tpo.datamodules.video import VideoReader
+
+    path = str(synthetic / "videos" / "clip00000.mp4")
+    item = plain.load_media(path)
+    clip = VideoReader(path).sample(plain.num_frames, mode="uniform")
+    assert np.array_equal(item["video"], clip.frames)
+    assert item["meta"]["duration"] == pytest.approx(clip.duration)
+    np.testing.assert_allclose(item["meta"]["timestamps"], clip.timestamps)
+    # an array of the whole video: the same frames, timestamps index / fps
+    whole = VideoReader(path).get_frames(np.arange(len(VideoReader(path)))).frames
+    from_array = Predictor(plain.module, num_frames=plain.num_frames, fps=8.0).load_media(whole)
+    assert np.array_equal(from_array["video"], clip.frames)
+    np.testing.assert_allclose(from_array["meta"]["timestamps"], clip.timestamps, atol=1e-3)
+    # images: a path, a PIL image and an array give the same pixels
+    from PIL import Image
+
+    image_path = tmp_path / "frame.png"
+    Image.fromarray(whole[3]).save(image_path)
+    for media in (str(image_path), Image.open(image_path), whole[3]):
+        loaded = plain.load_media(media)
+        assert np.array_equal(loaded["image"], whole[3]) and loaded["meta"]["frame_size"] == (32, 32)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """An untrained predictor (for input handling and generation mechanics)."""
+    torch.manual_seed(0)
+    module = TPOModule(backbone={**BACKBONE, "modality_adaptive": True}, heads=HEADS, stage="full")
+    return Predictor(module, num_frames=NUM_FRAMES, fps=8.0, max_new_tokens=5)
+
+
+def test_generation_on_modality_adaptive_layers_equals_greedy_recomputation(plain):
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (NUM_FRAMES, 32, 32, 3), dtype=np.uint8)
+    item = {"video": video, "turns": [("Track the object given at <track_box> through the video.", "")],
+            "input_boxes": np.array([[0.5, 0.5, 0.2, 0.2]]), "meta": {"frame_size": (32, 32)}}
+    answer = plain.predict(video, item["turns"][0][0], box=[13.0, 13.0, 19.4, 19.4])
+    reference = _greedy_reference(plain.module, plain, item, plain.max_new_tokens)
+    tokenizer = plain.backbone.tokenizer
+    text = tokenizer.decode([i for i in reference if i != tokenizer.eos_token_id]).strip()
+    assert len(reference) >= 2 and text and answer.text.startswith(text)
+
+
+def test_bad_inputs_name_what_is_wrong(plain, tmp_path):
+    video = np.zeros((NUM_FRAMES, 32, 32, 3), dtype=np.uint8)
+    track = "Follow the red circle starting from <track_box>."
+    with pytest.raises(ValueError, match=r"<track_box> but no box was given"):
+        plain.predict(video, track)
+    with pytest.raises(ValueError, match=r"needs exactly one <track_box> token"):
+        plain.predict(video, "Follow the red circle.", box=[1, 1, 5, 5])
+    with pytest.raises(ValueError, match=r"box of sample 0: \[1\.0, 1\.0, 40\.0, 5\.0\] is not .* inside"):
+        plain.predict(video, track, box=[1, 1, 40, 5])
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        plain.predict(str(tmp_path / "missing.mp4"), "When is the red circle visible?")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(ValueError, match="broken.mp4"):
+        plain.predict(str(broken), "When is the red circle visible?")
+    with pytest.raises(ValueError, match=r"uint8 RGB, got shape \(4, 32, 32\) dtype float32"):
+        plain.predict(np.zeros((4, 32, 32), dtype=np.float32), "What is this?")
+    with pytest.raises(ValueError, match="num_beams"):
+        plain.predict(video, "What is this?", num_beams=2)
+    with pytest.raises(ValueError, match="1 media and 2 questions"):
+        plain.predict_batch([video], ["a", "b"])
+    with pytest.raises(FileNotFoundError, match=r"tpo_predictor\.json.*heads\.safetensors"):
+        Predictor.from_pretrained(tmp_path)

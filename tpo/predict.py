@@ -294,9 +294,11 @@ class Predictor:
     @staticmethod
     def _image_item(image: np.ndarray) -> dict:
         image = _as_uint8_array(image)
-        return {"image": image, "meta": {"frame_size": image.shape[:2], "timestamps": np.zeros(1)}}
+        return {"image": image,
+                "meta": {"frame_size": image.shape[:2], "timestamps": np.zeros(1)}}
 
-    def make_item(self, media: Media, question: str, box: Sequence[float] | None = None, index: int = 0) -> dict:
+    def make_item(self, media: Media, question: str, box: Sequence[float] | None = None,
+                  index: int = 0) -> dict:
         """The collator item of one question (no answer): media, the question and the first-frame
         box of a tracking question (``[x1, y1, x2, y2]`` pixels, for its ``<track_box>`` token)."""
         if not isinstance(question, str) or not question.strip():
@@ -346,8 +348,10 @@ class Predictor:
             )
         boxes = [None] * len(questions) if boxes is None else list(boxes)
         if len(boxes) != len(questions):
-            raise ValueError(f"boxes: expected {len(questions)} entries (None where no box), got {len(boxes)}")
-        items = [self.make_item(m, q, b, i) for i, (m, q, b) in enumerate(zip(media, questions, boxes, strict=True))]
+            raise ValueError(f"boxes: expected {len(questions)} entries (None where no box), "
+                             f"got {len(boxes)}")
+        items = [self.make_item(m, q, b, i)
+                 for i, (m, q, b) in enumerate(zip(media, questions, boxes, strict=True))]
         return self.predict_items(items, **generate_kwargs)
 
     @torch.no_grad()
@@ -359,113 +363,139 @@ class Predictor:
         if bad:
             raise ValueError(f"generate_kwargs: {bad} are set by the Predictor (one greedy or sampled "
                              "sequence per question, task-begin tokens stop it)")
-        if any(item.get("video") is None and item.get("image") is None for item in items):
-            raise ValueError("items: every question needs a video or an image")
+        if not items or any(item.get("video") is None and item.get("image") is None for item in items):
+            raise ValueError("items: expected at least one question, each with a video or an image")
         self.module.eval()
         batch = self._to_device(self.collator(list(items)))
+        mm, visual, visual_mask, frames = self.backbone.encode_visual(batch)
+        new, cache = self._generate(batch, mm, generate_kwargs)
+        begin_ids = self.backbone.task_tokens.begin_ids
+        eos = self.backbone.tokenizer.eos_token_id
+        stops = torch.isin(new, torch.cat([begin_ids, begin_ids.new_tensor([eos])]))
+        stop_at = torch.where(stops.any(1), stops.long().argmax(1), new.shape[1] - 1)  # (B,)
+        last = new.gather(1, stop_at[:, None])[:, 0]
+        calls = (last[:, None] == begin_ids).any(1)  # (B,) the sequence stopped on a task-begin token
+        task_index = (last[:, None] == begin_ids).long().argmax(1)  # (B,) which task, where it did
+        predictions: dict[int, tuple[str, Any]] = {}
+        if bool(calls.any()):
+            out = self._task_step(cache, new, batch["attention_mask"], stop_at, task_index)
+            out.visual, out.visual_mask, out.frames = visual, visual_mask, frames
+            out.visual_grid = self.backbone._grid(visual.shape[2])
+            position = batch["input_ids"].shape[1] + new.shape[1]
+            for t, name in enumerate(self.backbone.task_tokens.task_names):
+                rows = (calls & (task_index == t)).nonzero().flatten()
+                embeds = out.hidden_states[rows, 1]
+                out.tasks[name] = TaskGather(embeds, rows, torch.full_like(rows, position))
+            predictions = self._run_heads(batch, out)
+        return [self._make_answer(new[b, : int(stop_at[b]) + 1], meta, *predictions.get(b, (None, None)))
+                for b, meta in enumerate(batch["meta"])]
+
+    def _special_ids(self) -> list[int]:
+        """Media and input-box token ids: never generated, never last in a prompt."""
+        backbone = self.backbone
+        boxes = backbone.task_tokens.input_ids_of_boxes.tolist()
+        ids = [backbone.image_token_id, backbone.video_token_id, *boxes]
+        return [i for i in ids if i is not None]
+
+    def _generate(self, batch: dict, mm: dict, generate_kwargs: dict) -> tuple[Tensor, Any]:
+        """Run the prompt but its last token through the LLM (media features from ``mm``, input
+        boxes injected), then ``generate`` from that cache.
+
+        Returns:
+            ``(B, n)`` generated tokens (padding after a sequence stops) and the cache, which holds
+            the prompt and all generated tokens but the last.
+        """
         backbone, tokens = self.backbone, self.backbone.task_tokens
-        tokenizer = backbone.tokenizer
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         if not bool(mask[:, -1].all()):
             raise ValueError("collator: prompts must be left-padded for generation")
-        special = [backbone.image_token_id, backbone.video_token_id, *tokens.input_ids_of_boxes.tolist()]
-        if torch.isin(input_ids[:, -1], torch.tensor([i for i in special if i is not None])).any():
+        special = self._special_ids()
+        if torch.isin(input_ids[:, -1], input_ids.new_tensor(special)).any():
             raise ValueError("prompt: ends in a media or input-box token; the chat format must end "
                              "the prompt with text (the assistant prefix)")
-        mm, visual, visual_mask, frames = backbone.encode_visual(batch)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # 1. the prompt but its last token, with media features and input boxes
-        prefill = backbone._lm_forward(
-            {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1], "track_boxes": batch["track_boxes"]},
-            mm_encoder_outputs=mm or None,
-            position_ids=positions[:, :-1],
-            use_cache=True,
-        )
-        # 2. generate from the cache, task-begin tokens stop a sequence
-        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        pad = eos if pad is None else pad
-        begin_ids = tokens.begin_ids
-        never = [*special, *tokens.placeholder_ids.tolist()]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded prompts
+        prefix = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1],
+                  "track_boxes": batch["track_boxes"]}
+        prefill = backbone._lm_forward(prefix, mm_encoder_outputs=mm or None, position_ids=positions[:, :-1],
+                                       use_cache=True)
+        tokenizer = backbone.tokenizer
+        eos = tokenizer.eos_token_id
+        pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         kwargs = {"do_sample": False, "max_new_tokens": self.max_new_tokens, **generate_kwargs}
-        kwargs["suppress_tokens"] = sorted({*never, *kwargs.get("suppress_tokens", [])} - {None})
+        never = {*special, *tokens.placeholder_ids.tolist(), *kwargs.get("suppress_tokens", [])}
+        kwargs["suppress_tokens"] = sorted(never)
         generated = backbone.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
             past_key_values=prefill.past_key_values,
-            eos_token_id=[eos, *begin_ids.tolist()],
+            eos_token_id=[eos, *tokens.begin_ids.tolist()],
             pad_token_id=pad,
             return_dict_in_generate=True,
             **kwargs,
         )
-        new = generated.sequences[:, input_ids.shape[1]:]  # (B, n)
-        stops = torch.isin(new, torch.cat([begin_ids, begin_ids.new_tensor([eos])]))
-        width = new.shape[1]
-        stop_at = torch.where(stops.any(1), stops.long().argmax(1), width - 1)  # (B,)
-        last = new.gather(1, stop_at[:, None])[:, 0]
-        is_begin = (last[:, None] == begin_ids).any(1) & stops.any(1)
-        task_index = (last[:, None] == begin_ids).long().argmax(1)
-        # 3. one step with each called task's placeholder on the cache
-        results: dict[str, tuple[Any, Tensor]] = {}
-        if bool(is_begin.any()):
-            embeds = self._task_embeddings(generated.past_key_values, new, mask, stop_at, task_index, pad)
-            gathered = {}
-            for t, name in enumerate(tokens.task_names):
-                rows = (is_begin & (task_index == t)).nonzero().flatten()
-                if len(rows):
-                    gathered[name] = TaskGather(embeds[rows], rows, torch.full_like(rows, -1))
-            out = BackboneOutput(loss=None, logits=embeds[:, None], hidden_states=embeds[:, None], visual=visual,
-                                 visual_mask=visual_mask, visual_grid=backbone._grid(visual.shape[2]),
-                                 frames=frames, tasks=gathered)
-            for name, (head_out, index) in self.module.run_heads(batch, out).items():
-                meta = TPOModule._meta(batch, name, index, None)
-                for m, b in zip(meta, index.tolist(), strict=True):  # a temporal call on an image
-                    m.setdefault("duration", int(visual_mask[b].sum()) / self.fps)
-                preds = self.module.heads[name].postprocess(head_out, meta)
-                results.update({int(b): (name, p) for b, p in zip(index.tolist(), preds, strict=True)})
-        answers = []
-        for b, meta in enumerate(batch["meta"]):
-            ids = [i for i in new[b, : int(stop_at[b]) + 1].tolist() if i not in (eos, pad)]
-            task, pred = results.get(b, (None, None))
-            if task is not None:
-                ids.append(int(tokens.placeholder_ids[tokens.task_names.index(task)]))
-            text = tokenizer.decode(ids, skip_special_tokens=False).strip()
-            answers.append(_answer(text, task, pred, meta.get("timestamps")))
-        return answers
+        new = generated.sequences[:, input_ids.shape[1]:]
+        cache = generated.past_key_values
+        if cache.get_seq_length() != input_ids.shape[1] + new.shape[1] - 1:
+            raise RuntimeError(
+                f"generate returned a cache of {cache.get_seq_length()} tokens for a prompt of "
+                f"{input_ids.shape[1]} and {new.shape[1]} new tokens (expected all but the last)"
+            )
+        return new, cache
 
-    def _task_embeddings(self, cache, new: Tensor, mask: Tensor, stop_at: Tensor, task_index: Tensor,
-                         pad: int) -> Tensor:
-        """The last hidden state at each sample's placeholder token, run on ``generate``'s cache.
+    def _task_step(self, cache: Any, new: Tensor, mask: Tensor, stop_at: Tensor, task_index: Tensor
+                   ) -> BackboneOutput:
+        """One forward on ``generate``'s cache: the last generated token (not yet in the cache) and
+        each sample's placeholder token, which attends to the prompt and to the generated tokens up
+        to its task-begin token (the injection hook gives it the task embedding).
 
         Args:
-            cache: the cache after ``generate``: prompt and ``new[:, :-1]`` (the last generated
-                token is not in it).
+            cache: the prompt and ``new[:, :-1]``.
             new: ``(B, n)`` generated tokens.
             mask: ``(B, L)`` the prompt's attention mask (left padding).
             stop_at: ``(B,)`` index in ``new`` of each sample's task-begin token.
             task_index: ``(B,)`` each sample's task (index into the task names).
 
         Returns:
-            ``(B, D)`` task embeddings (meaningless for samples without a task call).
+            the step's ``logits (B, 2, V)`` and ``hidden_states (B, 2, D)``; ``hidden_states[:, 1]``
+            are the task embeddings (meaningless for samples that called no task).
         """
         backbone = self.backbone
         width = new.shape[1]
-        placeholder = backbone.task_tokens.placeholder_ids[task_index]
-        step_ids = torch.stack([new[:, -1], placeholder], 1)  # (B, 2)
-        steps = torch.arange(width, device=new.device)
-        seen = (steps[None] <= stop_at[:, None]).long()  # generated tokens up to the begin token
-        full_mask = torch.cat([mask, seen, torch.ones_like(mask[:, :1])], 1)
+        step_ids = torch.stack([new[:, -1], backbone.task_tokens.placeholder_ids[task_index]], 1)
+        seen = torch.arange(width, device=new.device)[None] <= stop_at[:, None]  # (B, n)
+        full_mask = torch.cat([mask, seen.to(mask.dtype), torch.ones_like(mask[:, :1])], 1)
         prompt_len = mask.sum(1)
-        step_pos = torch.stack([prompt_len + width - 1, prompt_len + stop_at + 1], 1)
+        positions = torch.stack([prompt_len + width - 1, prompt_len + stop_at + 1], 1)
         out = backbone.model(
             input_ids=step_ids,
             attention_mask=full_mask,
-            position_ids=step_pos,
+            position_ids=positions,
             past_key_values=cache,
             use_cache=True,
             output_hidden_states=True,
             return_dict=True,
         )
-        return out.hidden_states[-1][:, 1]
+        return BackboneOutput(loss=None, logits=out.logits, hidden_states=out.hidden_states[-1])
+
+    def _run_heads(self, batch: dict, out: BackboneOutput) -> dict[int, tuple[str, Any]]:
+        """``{sample: (task, post-processed prediction)}`` for the samples that called a task."""
+        predictions = {}
+        for name, (head_out, index) in self.module.run_heads(batch, out).items():
+            meta = TPOModule._meta(batch, name, index, None)
+            for m, b in zip(meta, index.tolist(), strict=True):  # a temporal call on an image
+                m.setdefault("duration", int(out.visual_mask[b].sum()) / self.fps)
+            preds = self.module.heads[name].postprocess(head_out, meta)
+            predictions.update({b: (name, p) for b, p in zip(index.tolist(), preds, strict=True)})
+        return predictions
+
+    def _make_answer(self, ids: Tensor, meta: Mapping, task: str | None, prediction: Any) -> Answer:
+        tokenizer, tokens = self.backbone.tokenizer, self.backbone.task_tokens
+        drop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        kept = [i for i in ids.tolist() if i not in drop]
+        if task is not None:
+            kept.append(int(tokens.placeholder_ids[tokens.task_names.index(task)]))
+        text = tokenizer.decode(kept, skip_special_tokens=False).strip()
+        return _answer(text, task, prediction, meta.get("timestamps"))
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
