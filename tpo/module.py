@@ -6,13 +6,16 @@ task-begin tokens is part of ``L_lm`` and is logged on its own as the task-assig
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -24,10 +27,27 @@ from tpo.backbones.lora import is_lora_parameter
 from tpo.stages import get_stage
 from tpo.tasks import get_task_adapter
 
-__all__ = ["TPOModule", "build_heads"]
+__all__ = ["NONFINITE_MODES", "NonFiniteLossError", "TPOModule", "build_heads"]
+
+log = logging.getLogger(__name__)
 
 HEADS_WEIGHTS = "heads.safetensors"
 HEADS_CONFIG = "tpo_heads.json"
+NONFINITE_MODES = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss term was NaN or infinite (``TPOModule(nonfinite="stop")``).
+
+    Attributes:
+        terms: the non-finite terms on this process (``lm_loss``, ``assign_loss``,
+            ``<task>/<term>``), empty when another process had them.
+        checkpoint: where the weights from before the bad step were saved, or ``None``.
+    """
+
+    def __init__(self, message: str, *, terms: list[str], checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.terms, self.checkpoint = terms, checkpoint
 
 
 def _is_head_key(key: str) -> bool:
@@ -94,6 +114,18 @@ class TPOModule(L.LightningModule):
         init_from: a Lightning checkpoint of the previous stage whose weights start this one (the
             optimizer starts afresh); ``tpo fit --config configs/stage2.yaml
             --model.init_from stage1.ckpt`` switches stages in one command.
+        nonfinite: what a NaN or infinite training loss term does (checked on every step, agreed
+            across processes). ``"stop"``: save a checkpoint of the weights from before the bad
+            step (``nonfinite-epoch=E-step=S.ckpt`` in the checkpoint folder, else the trainer's
+            ``default_root_dir``) and raise :class:`NonFiniteLossError` naming the terms
+            (``lm_loss``, ``assign_loss``, ``box/loss_giou``, ...). ``"skip"``: log a warning
+            with the terms and the step, count the batch in :attr:`nonfinite_skipped` (logged as
+            ``train/nonfinite_skipped``, kept in checkpoints) and skip it: no backward, no
+            optimizer update.
+
+    Randomness inside a training step (dropout) is drawn from a generator seeded with (the torch
+    seed at fit start, global step, batch index, rank) and leaves the global generator as it was,
+    so a run resumed from a checkpoint draws the same dropout masks as an uninterrupted one.
     """
 
     def __init__(
@@ -109,8 +141,14 @@ class TPOModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         schedule_steps: int | None = None,
         init_from: str | None = None,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite: expected one of {list(NONFINITE_MODES)}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.nonfinite_skipped = 0
+        self._step_seed = 0
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
         self.backbone = create_backbone(backbone)
         self.heads, self.head_specs = build_heads(self.backbone, heads)
@@ -223,29 +261,104 @@ class TPOModule(L.LightningModule):
     def forward(self, batch: Mapping[str, Any]) -> BackboneOutput:
         return self.backbone(batch)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+    def on_fit_start(self) -> None:
+        self._step_seed = torch.initial_seed()
+
+    @contextlib.contextmanager
+    def _step_rng(self, batch_idx: int) -> Iterator[None]:
+        """While a trainer runs the step: the global generators forked and seeded from (seed at fit
+        start, global step, batch index, rank); their state outside is left untouched."""
+        if self._trainer is None:
+            yield
+            return
+        entropy = [self._step_seed, self.global_step, batch_idx, self.global_rank]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) % 2**63
+        devices = [] if self.device.type == "cpu" else [self.device.index or 0]
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(seed)
+            yield
+
+    def training_losses(
+        self, batch: Mapping[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The training loss and its named terms.
+
+        Returns:
+            ``total`` (scalar, with zero-weighted parameters for DDP), the terms (``lm_loss``,
+            ``assign_loss``, ``<task>/<term>`` as the heads name them, unweighted by
+            ``loss_weights``) and extra logged values (``assign_acc``, ``<task>/loss``).
+        """
         out = self.backbone(batch)
-        batch_size = batch["input_ids"].shape[0]
         total = self.lm_weight * out.loss
-        log = {"train/lm_loss": out.loss.detach()}
+        terms = {"lm_loss": out.loss}
+        extra = {}
         assign_loss, correct = self.assignment(batch, out)
         if assign_loss is not None:
-            log["train/assign_loss"] = assign_loss.detach()
-            log["train/assign_acc"] = correct.float().mean()
-        results = self.run_heads(batch, out)
-        for task, (head_out, index) in results.items():
+            terms["assign_loss"] = assign_loss
+            extra["assign_acc"] = correct.float().mean()
+        for task, (head_out, index) in self.run_heads(batch, out).items():
             rows = self._target_rows(batch, task, index)
             adapter = get_task_adapter(task)
-            terms = self.heads[task].loss(head_out, adapter.head_targets(rows))
-            task_loss = sum(terms.values())
+            head_terms = self.heads[task].loss(head_out, adapter.head_targets(rows))
+            task_loss = sum(head_terms.values())
             total = total + self.loss_weights[task] * task_loss
-            log[f"train/{task}/loss"] = task_loss.detach()
-            log.update({f"train/{task}/{name}": v.detach() for name, v in terms.items()})
-        total = total + self._touch_all()
-        log["train/loss"] = total.detach()
+            extra[f"{task}/loss"] = task_loss
+            terms.update({f"{task}/{name}": v for name, v in head_terms.items()})
+        return total + self._touch_all(), terms, extra
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+        with self._step_rng(batch_idx):
+            total, terms, extra = self.training_losses(batch)
+        values = {**terms, "loss": total}  # "loss" alone: the weights or loss weights overflowed
+        finite = torch.stack([v.detach().float() for v in values.values()]).isfinite().tolist()
+        bad = [name for name, ok in zip(values, finite, strict=True) if not ok]
+        bad = [name for name in bad if name != "loss"] or bad
+        if self._any_process(bool(bad)):
+            return self._on_nonfinite(bad, batch_idx)
+        batch_size = batch["input_ids"].shape[0]
+        log = {f"train/{k}": v.detach() for k, v in {**terms, **extra, "loss": total}.items()}
         self.log_dict(log, batch_size=batch_size, prog_bar=False)
         self.log("loss", total.detach(), batch_size=batch_size, prog_bar=True, logger=False)
         return total
+
+    def _any_process(self, flag: bool) -> bool:
+        """``flag`` on any process (every process calls this; a collective under DDP)."""
+        if self._trainer is None:
+            return flag
+        return self.trainer.strategy.reduce_boolean_decision(flag, all=False)
+
+    def _on_nonfinite(self, bad: list[str], batch_idx: int) -> None:
+        step = self.global_step
+        where = (f"non-finite training loss terms {bad}" if bad else
+                 "a non-finite training loss term on another process (see its message)")
+        epoch = self.current_epoch
+        if self.nonfinite == "skip":
+            self.nonfinite_skipped += 1
+            log.warning("%s at step %d (epoch %d, batch %d): batch skipped (%d skipped so far)",
+                        where, step, epoch, batch_idx, self.nonfinite_skipped)
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), prog_bar=False)
+            return None
+        path = None
+        if self._trainer is not None:
+            callback = self.trainer.checkpoint_callback
+            folder = getattr(callback, "dirpath", None) or self.trainer.default_root_dir
+            path = Path(folder) / f"nonfinite-epoch={epoch}-step={step}.ckpt"
+            self.trainer.save_checkpoint(path)
+        saved = (f"the weights from before this step are saved in {path}" if path is not None
+                 else "no checkpoint saved (no trainer)")
+        raise NonFiniteLossError(
+            f"{where} at step {step} (epoch {epoch}, batch {batch_idx}); training stopped, {saved}. "
+            "Lower the learning rate or that term's weight, check the batch's targets, or pass "
+            "TPOModule(nonfinite='skip') to skip such batches.",
+            terms=bad,
+            checkpoint=path,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
 
     def _evaluate(self, batch: Mapping[str, Any], prefix: str) -> None:
         out = self.backbone(batch)

@@ -24,7 +24,7 @@ from tpo.datamodules.datasets import (
 )
 from tpo.datamodules.specs import DatasetSpec
 
-__all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler"]
+__all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler", "ResumableDataLoader"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,19 @@ class MultiTaskSampler(DistributedSampler):
         self.total = (num_samples or sum(sizes)) if shuffle else sum(sizes)
         self.num_samples = math.ceil(self.total / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
+        self._start: tuple[int, int] | None = None
+
+    def start_after(self, epoch: int, consumed: int) -> None:
+        """Make the next iteration over ``epoch`` skip the first ``consumed`` keys of the epoch
+        (over all ranks, in the padded order the ranks take them in), to resume it mid-way.
+
+        Applies once: later iterations cover whole epochs again. When ``consumed`` is not a
+        multiple of the world size (a resume with fewer or more processes) the rest is padded
+        by repetition again, so every rank gets the same number of keys.
+        """
+        if consumed < 0:
+            raise ValueError(f"consumed: expected >= 0 keys, got {consumed}")
+        self._start = (int(epoch), int(consumed))
 
     def keys(self) -> list[tuple[int, int, int]]:
         """All ranks' keys of the current epoch, before the split."""
@@ -117,10 +130,65 @@ class MultiTaskSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         keys = self.keys()
         keys += keys[: self.total_size - len(keys)]
-        return iter(keys[self.rank:self.total_size:self.num_replicas])
+        if self._start is not None and self._start[0] == self.epoch:
+            keys = keys[self._start[1]:]
+            keys += keys[: -len(keys) % self.num_replicas]
+            self._start = None
+        return iter(keys[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableDataLoader(DataLoader):
+    """A :class:`~torch.utils.data.DataLoader` over a :class:`MultiTaskSampler` that can resume
+    an epoch mid-way.
+
+    It counts the batches it has handed out in the sampler's current epoch (in the main process,
+    as they leave the loader, so batches the workers load ahead do not count). Lightning keeps
+    its :meth:`state_dict` in every checkpoint (``loops.fit_loop.state_dict.combined_loader``)
+    and gives it back to :meth:`load_state_dict` when ``trainer.fit(..., ckpt_path=...)``
+    resumes, so the next iteration over that epoch starts with the batch after the last one
+    trained on, on every rank, instead of at the start of the epoch. Exact when batch size and
+    number of processes are those of the run that saved the checkpoint; the items themselves are
+    a function of (seed, epoch, position), see :class:`MultiTaskSampler`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, MultiTaskSampler):
+            raise ValueError(f"sampler: ResumableDataLoader needs a MultiTaskSampler, got "
+                             f"{type(self.sampler).__name__}")
+        self._epoch, self._batches = self.sampler.epoch, 0
+        self._resume: dict | None = None
+
+    def __iter__(self) -> Iterator:
+        # a generator: the body runs at the first next(), after Lightning's set_epoch()
+        sampler = self.sampler
+        resume = self._resume
+        if resume is not None and resume["epoch"] == sampler.epoch:
+            consumed = resume["batches"] * resume["batch_size"] * resume["num_replicas"]
+            sampler.start_after(sampler.epoch, consumed)
+            self._batches, self._resume = resume["batches"], None
+        else:
+            self._batches = 0
+        self._epoch = sampler.epoch
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``epoch``, ``batches`` handed out in it (per process), ``batch_size``,
+        ``num_replicas``."""
+        return {"epoch": self._epoch, "batches": self._batches, "batch_size": self.batch_size,
+                "num_replicas": self.sampler.num_replicas}
+
+    def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
+        """Resume: the next iteration over ``state_dict["epoch"]`` skips what was handed out."""
+        missing = {"epoch", "batches", "batch_size", "num_replicas"} - set(state_dict)
+        if missing:
+            raise ValueError(f"ResumableDataLoader state: missing {sorted(missing)}")
+        self._resume = dict(state_dict)
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -144,6 +212,9 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     Samples skipped on load errors (datasets with ``on_error="skip"``) are counted in
     :attr:`num_skipped` and logged as batches arrive.
+
+    The training loader is a :class:`ResumableDataLoader`: a Lightning checkpoint taken mid-epoch
+    resumes with the next batch of that epoch.
     """
 
     def __init__(self, *, train: Mapping[str, TaskDataset | DatasetSpec],
@@ -202,7 +273,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             if task == "conversation":
                 return ConversationDataset(samples, num_frames=num_frames, sampling=sampling,
                                            **common)
-            raise ValueError(f"tasks: unknown task {task!r}")
+            raise ValueError(f"tasks: unknown task {task!r}; expected some of "
+                             "['box', 'conversation', 'mask', 'temporal', 'track']")
 
         train = {t: build(t, "train") for t in tasks}
         val = {t: build(t, "val") for t in tasks} if "val" in data.files else None
@@ -226,17 +298,18 @@ class MultiTaskDataModule(L.LightningDataModule):
             return self.trainer.global_rank, self.trainer.world_size
         return None, None
 
-    def _loader(self, dataset: MultiTaskDataset, sampler: MultiTaskSampler) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=self.collator,
-                          persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset: MultiTaskDataset, sampler: MultiTaskSampler,
+                cls: type[DataLoader] = DataLoader) -> DataLoader:
+        return cls(dataset, batch_size=self.batch_size, sampler=sampler,
+                   num_workers=self.num_workers, collate_fn=self.collator,
+                   persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         rank, world = self._rank_world()
         sampler = MultiTaskSampler(self.train_set.sizes, self.weights,
                                    num_samples=self.samples_per_epoch, shuffle=True,
                                    seed=self.seed, num_replicas=world, rank=rank)
-        return self._loader(self.train_set, sampler)
+        return self._loader(self.train_set, sampler, ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
