@@ -176,3 +176,13 @@ def test_import_leaves_sam2_optional():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_upscaling_starts_without_checkerboard():
+    """ICNR: at initialisation each 2x2 block of the upscaled map is constant, so a constant
+    image embedding gives a mask constant over each 4x4 block of pixels."""
+    head = MaskHead(embed_dim=16, image_dim=8, hidden_dim=32, num_heads=2, mlp_dim=32)
+    x = torch.randn(3, 32, 4, 5)
+    up = head._upscale(x, None)
+    blocks = up.unflatten(2, (4, 4)).unflatten(4, (5, 4))  # (N, c, 4, 4, 5, 4)
+    torch.testing.assert_close(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks))

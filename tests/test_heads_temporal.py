@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tpo.heads import TemporalGroundingHead, TemporalGroundingOutput
+from tpo.heads.base import sine_position_2d
 from tpo.losses import TemporalGroundingCriterion, saliency_from_spans
 from tpo.ops.spans import span_cxw_to_se, temporal_iou
 
@@ -212,8 +213,39 @@ def test_bf16_autocast():
     assert len(head.postprocess(output, [{"duration": 5.0}] * 4)) == 4
 
 
-def test_accepts_per_frame_tokens():
-    head = _head()
+def test_per_frame_tokens_mean_pooled():
+    head = _head(frame_pooling="mean").eval()
     task, video, mask, _ = _batch()
     tokens = video[:, :, None].expand(-1, -1, 3, -1)
-    torch.testing.assert_close(head.eval()(task, tokens, mask).spans, head(task, video, mask).spans)
+    torch.testing.assert_close(head(task, tokens, mask).spans, head(task, video, mask).spans)
+
+
+def test_per_frame_tokens_attention_pooled_by_the_task():
+    """Attention pooling equals an independent per-frame softmax over the tokens, queried by the
+    projected task embedding; the clip features depend on where a token is and on the task."""
+    head = _head().eval()
+    task, _, mask, _ = _batch()
+    tokens = torch.randn(4, T, 6, DV)
+    projected = head.task_proj(task) + head.task_type
+    pooled = head._clip_features(tokens, projected, (2, 3))
+    values = head.video_proj(tokens)
+    keys = values + sine_position_2d(2, 3, 32)
+    attn = head.frame_attn
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+    q = (projected @ w_q.T + b_q).unflatten(-1, (4, 8))  # (B, heads, 8)
+    k = (keys @ w_k.T + b_k).unflatten(-1, (4, 8))  # (B, T, N, heads, 8)
+    v = (values @ w_v.T + b_v).unflatten(-1, (4, 8))
+    weights = torch.einsum("bhc,btnhc->btnh", q, k).div(8**0.5).softmax(2)
+    mixed = torch.einsum("btnh,btnhc->bthc", weights, v).flatten(2)
+    expected = head.frame_norm(attn.out_proj(mixed) + values.mean(2))
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)
+    swapped = tokens.clone()
+    swapped[:, :, [0, 5]] = tokens[:, :, [5, 0]]
+    assert not torch.allclose(head._clip_features(swapped, projected, (2, 3)), pooled)
+    assert not torch.allclose(head._clip_features(tokens, projected.flip(0), (2, 3)), pooled.flip(0))
+    assert head(task, tokens, mask, grid_size=(2, 3)).spans.shape == (4, 5, 2)
+    with pytest.raises(ValueError, match="not a square grid"):
+        head(task, tokens, mask)
+    with pytest.raises(ValueError, match="frame_pooling"):
+        _head(frame_pooling="max")

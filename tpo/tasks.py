@@ -68,7 +68,7 @@ def _cxcywh_to_px(boxes: Tensor, size: tuple[int, int], fmt: str) -> Tensor:
 
 # ---------------------------------------------------------------------------- temporal
 def _temporal_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = None) -> dict:
-    return {"video": out.visual[index], "video_mask": out.visual_mask[index]}
+    return {"video": out.visual[index], "video_mask": out.visual_mask[index], "grid_size": out.visual_grid}
 
 
 def _temporal_targets(rows: Mapping[str, Any]) -> list[dict]:

@@ -129,6 +129,14 @@ class _LayerNorm2d(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def _init_as_nearest_upsampling(conv: nn.ConvTranspose2d) -> None:
+    """ICNR initialisation (Aitken et al., 2017): the four sub-pixel kernels of a 2x2 stride-2
+    transposed convolution start equal, so it starts as nearest-neighbour upsampling followed by a
+    1x1 convolution and the masks start free of checkerboard artifacts."""
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
+
+
 class MaskHead(nn.Module):
     """Promptable mask decoder after SAM, with the task embedding as the prompt.
 
@@ -138,9 +146,9 @@ class MaskHead(nn.Module):
     of the ``T`` frames then attend to each other (light temporal attention). Two transposed
     convolutions upscale the image embedding 4x (adding projected 2x and 4x features when
     ``high_res_dims`` is set, as SAM2 does with its FPN levels, e.g. a timm encoder's
-    ``features_only`` maps at strides 4 and 8 next to stride 16); the mask is the dot product
-    of each pixel with
-    a hypernetwork MLP of the mask token. An MLP on the IoU token predicts the mask's IoU.
+    ``features_only`` maps at strides 4 and 8 next to stride 16; they start as nearest-neighbour
+    upsampling, ICNR); the mask is the dot product of each pixel with a hypernetwork MLP of the
+    mask token. An MLP on the IoU token predicts the mask's IoU.
 
     Args:
         embed_dim: ``D``, size of the task embedding.
@@ -193,6 +201,8 @@ class MaskHead(nn.Module):
         self.upscale_1 = nn.ConvTranspose2d(hidden_dim, hidden_dim // 4, 2, stride=2)
         self.upscale_norm = _LayerNorm2d(hidden_dim // 4)
         self.upscale_2 = nn.ConvTranspose2d(hidden_dim // 4, hidden_dim // 8, 2, stride=2)
+        for upscale in (self.upscale_1, self.upscale_2):
+            _init_as_nearest_upsampling(upscale)
         self.high_res_dims = high_res_dims
         if high_res_dims is not None:
             self.high_res_proj = nn.ModuleList(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d
+from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.box import grid_of
 from tpo.losses.temporal import TemporalGroundingCriterion
 from tpo.ops.spans import span_cxw_to_se, temporal_nms
 
@@ -60,6 +61,11 @@ class TemporalGroundingHead(nn.Module):
     logits (auxiliary outputs for all but the last). Saliency is the scaled dot product of each
     encoded clip with the encoded task token.
 
+    Per-frame tokens ``(B, T, N, D_v)`` become one feature per clip by ``frame_pooling``:
+    ``"mean"`` over the ``N`` tokens, or ``"attention"``: the projected task embedding attends to
+    the frame's tokens (2-D sine positions on a square patch grid), so a clip's feature says
+    whether *the queried* object is in it, which a mean over a frame of small objects cannot.
+
     Args:
         embed_dim: ``D``, size of the task embedding.
         video_dim: ``D_v``, size of the clip features.
@@ -72,6 +78,7 @@ class TemporalGroundingHead(nn.Module):
         dropout: dropout in the transformer layers.
         nms_threshold: temporal IoU above which ``postprocess`` suppresses lower-scoring
             windows; ``None`` keeps all ``Q`` windows.
+        frame_pooling: how per-frame tokens become clip features, ``"attention"`` or ``"mean"``.
         criterion: the loss; default :class:`TemporalGroundingCriterion` with paper weights.
     """
 
@@ -88,11 +95,18 @@ class TemporalGroundingHead(nn.Module):
         dim_feedforward: int = 1024,
         dropout: float = 0.1,
         nms_threshold: float | None = None,
+        frame_pooling: Literal["attention", "mean"] = "attention",
         criterion: TemporalGroundingCriterion | None = None,
     ):
         super().__init__()
+        if frame_pooling not in ("attention", "mean"):
+            raise ValueError(f"frame_pooling: expected 'attention' or 'mean', got {frame_pooling!r}")
         self.hidden_dim = hidden_dim
         self.nms_threshold = nms_threshold
+        self.frame_pooling = frame_pooling
+        if frame_pooling == "attention":
+            self.frame_attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+            self.frame_norm = nn.LayerNorm(hidden_dim)
         self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden_dim))
         self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
         self.task_type = nn.Parameter(torch.zeros(hidden_dim))
@@ -119,23 +133,30 @@ class TemporalGroundingHead(nn.Module):
         self.criterion = criterion if criterion is not None else TemporalGroundingCriterion()
 
     def forward(
-        self, task_embeds: Tensor, video: Tensor, video_mask: Tensor | None = None
+        self,
+        task_embeds: Tensor,
+        video: Tensor,
+        video_mask: Tensor | None = None,
+        grid_size: tuple[int, int] | None = None,
     ) -> TemporalGroundingOutput:
         """Predict moments.
 
         Args:
             task_embeds: ``(B, D)`` task embedding (LLM hidden state at the temporal token).
-            video: ``(B, T, D_v)`` per-clip features, or ``(B, T, N, D_v)`` per-frame tokens,
-                which are mean-pooled over ``N``.
+            video: ``(B, T, D_v)`` per-clip features, or ``(B, T, N, D_v)`` per-frame tokens
+                (row-major over the patch grid), pooled by ``frame_pooling``.
             video_mask: ``(B, T)`` bool, True for real clips; default all True.
+            grid_size: ``(h, w)`` patch grid of per-frame tokens; default a square grid.
 
         Returns:
             :class:`TemporalGroundingOutput`.
         """
-        if video.ndim == 4:
-            video = video.mean(2)
         sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
-        sizes.update(check_shape(video, "video", (sizes["B"], "T", "D_v")))
+        if video.ndim == 4:
+            check_shape(video, "video", (sizes["B"], "T", "N", "D_v"))
+        else:
+            check_shape(video, "video", (sizes["B"], "T", "D_v"))
+        sizes["T"] = video.shape[1]
         if video_mask is None:
             video_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
         check_shape(video_mask, "video_mask", (sizes["B"], sizes["T"]))
@@ -145,8 +166,9 @@ class TemporalGroundingHead(nn.Module):
             raise ValueError(f"video_mask: sample {int(empty.nonzero()[0])} has no valid clip")
 
         length = video.shape[1]
-        clips = self.video_proj(video) + sine_position_1d(length, self.hidden_dim, video.device)
         task = self.task_proj(task_embeds) + self.task_type
+        clips = self._clip_features(video, task, grid_size)
+        clips = clips + sine_position_1d(length, self.hidden_dim, video.device)
         src = torch.cat((task[:, None], clips), dim=1)
         padding = torch.cat((torch.zeros_like(video_mask[:, :1]), ~video_mask), dim=1)
         memory = self.encoder_norm(self.encoder(src, src_key_padding_mask=padding))
@@ -168,6 +190,20 @@ class TemporalGroundingHead(nn.Module):
             video_mask=video_mask,
             aux=per_layer[:-1],
         )
+
+    def _clip_features(self, video: Tensor, task: Tensor, grid_size: tuple[int, int] | None) -> Tensor:
+        """``video (B, T, D_v)`` or ``(B, T, N, D_v)``, projected ``task (B, d)`` -> ``(B, T, d)``."""
+        if video.ndim == 3:
+            return self.video_proj(video)
+        if self.frame_pooling == "mean":
+            return self.video_proj(video.mean(2))
+        batch, length, num_tokens = video.shape[:3]
+        height, width = grid_of(num_tokens, grid_size, "video")
+        tokens = self.video_proj(video).flatten(0, 1)  # (B T, N, d)
+        keys = tokens + sine_position_2d(height, width, self.hidden_dim, video.device)
+        query = task.repeat_interleave(length, dim=0)[:, None]  # (B T, 1, d)
+        pooled = self.frame_attn(query, keys, tokens, need_weights=False)[0][:, 0]
+        return self.frame_norm(pooled + tokens.mean(1)).unflatten(0, (batch, length))
 
     def loss(
         self, output: TemporalGroundingOutput, targets: list[dict[str, Tensor]]
