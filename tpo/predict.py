@@ -12,7 +12,19 @@ tokens up to the begin token. The last hidden state at the placeholder is the ta
 head reads with the visual features; the head's post-processed prediction comes back in seconds
 and pixels. A sample that ends otherwise answers in text.
 
-Samples of a batch are generated together; the only per-token loop is ``generate``'s own.
+Samples of a batch are generated together; the only per-token loop is ``generate``'s own. The
+prompt is run before ``generate`` (not by it) because its ``<track_box>`` tokens take the given
+boxes in that forward only; ``generate`` gets the cache and the last prompt token.
+
+Example::
+
+    predictor = Predictor(module, num_frames=8)            # or Predictor.from_pretrained(folder)
+    answer = predictor.predict("clip.mp4", "When is the red circle visible?")
+    answer.task, answer.spans                              # "temporal", (K, 2) seconds
+    predictor.predict("clip.mp4", "Follow the red circle starting from <track_box>.",
+                      box=[3, 4, 12, 13]).track            # (T, 4) xywh pixels
+
+Only LLaVA-family backbones (:class:`~tpo.backbones.LlavaBackbone`) generate here.
 """
 
 from __future__ import annotations
@@ -42,7 +54,8 @@ __all__ = ["Answer", "Predictor", "evaluate_predictor"]
 
 PREDICTOR_CONFIG = "tpo_predictor.json"
 BACKBONE_DIR, HEADS_DIR = "backbone", "heads"
-_UNSUPPORTED_GENERATE = ("num_beams", "num_return_sequences", "eos_token_id", "return_dict_in_generate")
+_UNSUPPORTED_GENERATE = ("num_beams", "num_return_sequences", "eos_token_id", "pad_token_id",
+                         "return_dict_in_generate", "input_ids", "attention_mask", "past_key_values")
 
 Media = Any  # a path, a PIL image, an (H, W, 3) or (T, H, W, 3) uint8 array / tensor
 
