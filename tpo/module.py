@@ -120,8 +120,10 @@ class TPOModule(L.LightningModule):
             ``default_root_dir``) and raise :class:`NonFiniteLossError` naming the terms
             (``lm_loss``, ``assign_loss``, ``box/loss_giou``, ...). ``"skip"``: log a warning
             with the terms and the step, count the batch in :attr:`nonfinite_skipped` (logged as
-            ``train/nonfinite_skipped``, kept in checkpoints) and skip it: no backward, no
-            optimizer update.
+            ``train/nonfinite_skipped``, kept in checkpoints) and skip the optimizer update it is
+            part of (with gradient accumulation, the whole accumulated update). Under DDP every
+            process then back-propagates a zero loss (Lightning refuses a ``None`` step there)
+            and no process updates.
 
     Randomness inside a training step (dropout) is drawn from a generator seeded with (the torch
     seed at fit start, global step, batch index, rank) and leaves the global generator as it was,
@@ -148,6 +150,7 @@ class TPOModule(L.LightningModule):
             raise ValueError(f"nonfinite: expected one of {list(NONFINITE_MODES)}, got {nonfinite!r}")
         self.nonfinite = nonfinite
         self.nonfinite_skipped = 0
+        self._skip_update = False
         self._step_seed = 0
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
         self.backbone = create_backbone(backbone)
@@ -306,7 +309,7 @@ class TPOModule(L.LightningModule):
             terms.update({f"{task}/{name}": v for name, v in head_terms.items()})
         return total + self._touch_all(), terms, extra
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         with self._step_rng(batch_idx):
             total, terms, extra = self.training_losses(batch)
         values = {**terms, "loss": total}  # "loss" alone: the weights or loss weights overflowed
@@ -327,7 +330,7 @@ class TPOModule(L.LightningModule):
             return flag
         return self.trainer.strategy.reduce_boolean_decision(flag, all=False)
 
-    def _on_nonfinite(self, bad: list[str], batch_idx: int) -> None:
+    def _on_nonfinite(self, bad: list[str], batch_idx: int) -> Tensor:
         step = self.global_step
         where = (f"non-finite training loss terms {bad}" if bad else
                  "a non-finite training loss term on another process (see its message)")
@@ -337,7 +340,8 @@ class TPOModule(L.LightningModule):
             log.warning("%s at step %d (epoch %d, batch %d): batch skipped (%d skipped so far)",
                         where, step, epoch, batch_idx, self.nonfinite_skipped)
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), prog_bar=False)
-            return None
+            self._skip_update = True
+            return self._touch_all()  # zero gradients through every trainable weight (DDP)
         path = None
         if self._trainer is not None:
             callback = self.trainer.checkpoint_callback
@@ -353,6 +357,11 @@ class TPOModule(L.LightningModule):
             terms=bad,
             checkpoint=path,
         )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_update:  # a skipped non-finite batch: no update (AdamW skips grad-less weights)
+            self._skip_update = False
+            optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
