@@ -7,6 +7,8 @@ task-begin tokens is part of ``L_lm`` and is logged on its own as the task-assig
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import json
 import logging
 import math
@@ -82,17 +84,45 @@ def build_heads(backbone: Backbone, heads: Mapping[str, Mapping] | None = None) 
             )
         adapter = get_task_adapter(task)
         kwargs = dict(spec)
-        cls = _import(kwargs.pop("class_path")) if "class_path" in kwargs else adapter.head_class
+        cls = _import_head(task, kwargs.pop("class_path")) if "class_path" in kwargs else adapter.head_class
         kwargs.setdefault("embed_dim", backbone.hidden_size)
         kwargs.setdefault(adapter.visual_kwarg, backbone.visual_dim)
+        _check_arguments(f"heads.{task}", cls, kwargs)
         modules[task] = cls(**kwargs)
         full_specs[task] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", **kwargs}
     return nn.ModuleDict(modules), full_specs
 
 
-def _import(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(__import__(module, fromlist=[name]), name)
+_HEAD_CLASSES = ("tpo.heads.TemporalGroundingHead", "tpo.heads.BoxHead", "tpo.heads.TrackingHead",
+                 "tpo.heads.MaskHead", "tpo.heads.SAM2MaskHead")
+
+
+def _import_head(task: str, path: str) -> type:
+    """The class ``"package.module.Class"``; a ``ValueError`` names tpo's heads otherwise."""
+    module_name, _, name = path.rpartition(".")
+    hint = f"tpo's heads: {list(_HEAD_CLASSES)} (or any importable 'package.module.Class')"
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except ImportError as err:
+        raise ValueError(f"heads.{task}.class_path: cannot import {path!r} ({err}); {hint}") from err
+    try:
+        cls = getattr(module, name, None)
+    except ImportError as err:  # a lazily imported head whose optional package is missing
+        raise ValueError(f"heads.{task}.class_path: {path!r}: {err}") from err
+    if not isinstance(cls, type):
+        raise ValueError(f"heads.{task}.class_path: {path!r} is not a class; {hint}")
+    return cls
+
+
+def _check_arguments(where: str, fn: Any, kwargs: Mapping[str, Any]) -> None:
+    """A ``ValueError`` listing ``fn``'s keyword arguments when ``kwargs`` has others."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        raise ValueError(f"{where}: {getattr(fn, '__name__', fn)} has no arguments {unknown}; valid: {valid}")
 
 
 class TPOModule(L.LightningModule):

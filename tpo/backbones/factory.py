@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tpo.backbones.base import CONFIG_NAME, Backbone
 from tpo.backbones.llava import LlavaBackbone
+from tpo.backbones.tiny import tiny_llava, tiny_videochat
 
 __all__ = ["BACKBONE_BUILDERS", "create_backbone", "register_backbone"]
 
 
-def _tiny_llava(**kwargs) -> Backbone:
-    from tpo.backbones.tiny import tiny_llava
-
-    return tiny_llava(**kwargs)
-
-
-def _tiny_videochat(**kwargs) -> Backbone:
-    from tpo.backbones.tiny import tiny_videochat
-
-    return tiny_videochat(**kwargs)
-
-
 BACKBONE_BUILDERS: dict[str, Callable[..., Backbone]] = {
-    "tiny_llava": _tiny_llava,
-    "tiny_videochat": _tiny_videochat,
+    "tiny_llava": tiny_llava,
+    "tiny_videochat": tiny_videochat,
 }
 
 
@@ -72,4 +62,13 @@ def _build(spec: dict[str, Any]) -> Backbone:
             f"backbone spec: 'name' must be one of {sorted(BACKBONE_BUILDERS)} "
             f"(or give 'pretrained': dir), got {name!r}"
         )
-    return BACKBONE_BUILDERS[name](**spec)
+    builder = BACKBONE_BUILDERS[name]
+    params = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(spec) - set(params))
+    if unknown and not takes_any:
+        raise ValueError(
+            f"backbone spec: {name!r} takes no {unknown}; its arguments: {list(params)} "
+            "(plus 'modality_adaptive')"
+        )
+    return builder(**spec)

@@ -28,6 +28,8 @@ __all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler", "Resum
 
 log = logging.getLogger(__name__)
 
+SYNTHETIC_TASKS = ("temporal", "box", "track", "mask", "conversation")
+
 
 def _build(datasets: Mapping[str, TaskDataset | DatasetSpec | Mapping]
            ) -> dict[str, TaskDataset]:
@@ -242,8 +244,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     @classmethod
     def from_synthetic(cls, root: str | os.PathLike, *,
-                       tasks: Sequence[str] = ("temporal", "box", "track", "mask",
-                                               "conversation"),
+                       tasks: Sequence[str] = SYNTHETIC_TASKS,
                        num_frames: int | None = None, frame_size: tuple[int, int] | None = None,
                        on_error: str = "raise", cache: bool = True,
                        **kwargs) -> MultiTaskDataModule:
@@ -252,6 +253,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         validation; ``cache`` keeps the decoded clips in memory (see the datasets)."""
         from tpo.datamodules.synthetic import SyntheticDataset
 
+        unknown = [t for t in tasks if t not in SYNTHETIC_TASKS]
+        if unknown:
+            raise ValueError(f"tasks: unknown {unknown}; the synthetic dataset has "
+                             f"{list(SYNTHETIC_TASKS)}")
         data = SyntheticDataset.load(root)
         num_frames = num_frames or data.num_frames
         video_root = os.path.join(data.root, "videos")
@@ -270,11 +275,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 return TrackDataset(samples, num_frames=num_frames, sampling=sampling, **common)
             if task == "mask":
                 return MaskDataset(samples, num_frames=num_frames, sampling=sampling, **common)
-            if task == "conversation":
-                return ConversationDataset(samples, num_frames=num_frames, sampling=sampling,
-                                           **common)
-            raise ValueError(f"tasks: unknown task {task!r}; expected some of "
-                             "['box', 'conversation', 'mask', 'temporal', 'track']")
+            return ConversationDataset(samples, num_frames=num_frames, sampling=sampling,
+                                       **common)
 
         train = {t: build(t, "train") for t in tasks}
         val = {t: build(t, "val") for t in tasks} if "val" in data.files else None
@@ -292,6 +294,22 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._collator = TaskCollator.from_backbone(backbone, chat=self.chat,
                                                         **self.collator_options)
         return self._collator
+
+    def setup(self, stage: str) -> None:
+        """At start-up, check that the trainer's model (one with ``heads``, as
+        :class:`~tpo.TPOModule`) has a head for the task of every dataset but conversations."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        heads = getattr(module, "heads", None)
+        if heads is None:
+            return
+        for split, data in (("train", self.train_set), ("val", self.val_set)):
+            for name, dataset in zip(data.names, data.datasets, strict=True) if data else ():
+                task = getattr(dataset, "task", None)
+                if task not in (None, ConversationDataset.task) and task not in heads:
+                    raise ValueError(
+                        f"data.{split}.{name}: holds {task!r} samples but the model has no "
+                        f"{task!r} head; heads: {sorted(heads)} (add model.heads.{task} or "
+                        "drop the dataset)")
 
     def _rank_world(self) -> tuple[int | None, int | None]:
         if self.trainer is not None:
