@@ -48,10 +48,10 @@ def fit(config, *overrides: str) -> None:
     ("--model.heads.tempral={}",
      r"task 'tempral' has no task token .*\['temporal', 'box', 'track', 'mask'\]"),
     ("--model.heads.box.class_path=tpo.heads.BoxHeed",
-     r"'tpo.heads.BoxHeed' is not a class; tpo's heads: \['tpo.heads.TemporalGroundingHead', "
-     r"'tpo.heads.BoxHead'"),
+     r"'tpo.heads.BoxHeed' is not a class; tpo's heads: "
+     r"\['tpo.heads.temporal.TemporalGroundingHead', 'tpo.heads.box.BoxHead'"),
     ("--model.heads.box.class_path=tpo.headz.BoxHead",
-     r"cannot import 'tpo.headz.BoxHead'.*tpo's heads: \[.*'tpo.heads.MaskHead'"),
+     r"cannot import 'tpo.headz.BoxHead'.*tpo's heads: \[.*'tpo.heads.mask.MaskHead'"),
     ("--model.heads.box.hiden_dim=8",
      r"heads.box: BoxHead has no arguments \['hiden_dim'\]; valid: \[.*'hidden_dim'"),
     ("--model.stage=stage4", r"expected one of \['full', 'stage1', 'stage2', 'stage3'\], got 'stage4'"),

@@ -27,7 +27,7 @@ from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.backbones.factory import create_backbone
 from tpo.backbones.lora import is_lora_parameter
 from tpo.stages import get_stage
-from tpo.tasks import get_task_adapter
+from tpo.tasks import TASK_ADAPTERS, get_task_adapter
 
 __all__ = ["NONFINITE_MODES", "NonFiniteLossError", "TPOModule", "build_heads"]
 
@@ -93,14 +93,11 @@ def build_heads(backbone: Backbone, heads: Mapping[str, Mapping] | None = None) 
     return nn.ModuleDict(modules), full_specs
 
 
-_HEAD_CLASSES = ("tpo.heads.TemporalGroundingHead", "tpo.heads.BoxHead", "tpo.heads.TrackingHead",
-                 "tpo.heads.MaskHead", "tpo.heads.SAM2MaskHead")
-
-
 def _import_head(task: str, path: str) -> type:
     """The class ``"package.module.Class"``; a ``ValueError`` names tpo's heads otherwise."""
     module_name, _, name = path.rpartition(".")
-    hint = f"tpo's heads: {list(_HEAD_CLASSES)} (or any importable 'package.module.Class')"
+    known = [f"{a.head_class.__module__}.{a.head_class.__qualname__}" for a in TASK_ADAPTERS.values()]
+    hint = f"tpo's heads: {known + ['tpo.heads.SAM2MaskHead']} (or any importable 'package.module.Class')"
     try:
         module = importlib.import_module(module_name) if module_name else None
     except ImportError as err:
