@@ -33,6 +33,16 @@ def test_tpo_demo_runs_offline_and_writes_metrics_and_plots(tmp_path, extra):
     assert "held-out metrics" in result.stdout and "chance" in result.stdout
     history = metrics["language"]["train loss first→last"]
     assert history["value"] < history["chance"]  # the language loss falls while it trains
+    for task, name in (("temporal", "R1@0.5"), ("box", "acc@0.5"), ("track", "success"),
+                       ("mask", "J&F")):  # the saved model answered every held-out question
+        assert 0.0 <= metrics[task][f"{name} (predictor)"]["value"] <= 1.0, task
+        assert metrics[task]["task called (predictor)"]["chance"] is None
+    from tpo.predict import Predictor
+
+    predictor = Predictor.from_pretrained(tmp_path / "model")
+    answer = predictor.predict(str(tmp_path / "data" / "videos" / "clip00023.mp4"),
+                               "When is the red circle visible?")
+    assert answer.text and (answer.task is None or answer.task in ("temporal", "box", "track", "mask"))
 
 
 def test_tpo_without_a_subcommand_prints_help(capsys):

@@ -4,7 +4,7 @@ from tpo.tokens import TaskSpec, TaskTokens, register_task
 
 __version__ = "0.1.0"
 
-__all__ = ["TPOModule", "TaskSpec", "TaskTokens", "register_task", "__version__"]
+__all__ = ["Answer", "Predictor", "TPOModule", "TaskSpec", "TaskTokens", "register_task", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from tpo.module import TPOModule
 
         return TPOModule
+    if name in ("Answer", "Predictor"):
+        from tpo import predict
+
+        return getattr(predict, name)
     raise AttributeError(f"module 'tpo' has no attribute {name!r}")

@@ -4,9 +4,12 @@ It writes a synthetic video dataset (moving coloured shapes as real H.264 files,
 the public formats), builds a tiny LLaVA-OneVision and a tokenizer from configs, co-trains the
 four heads with the language loss under a time budget, evaluates on the held-out split, prints a
 table (task, metric, value, chance), writes it as ``metrics.json`` and draws the loss curves,
-span timelines, boxes, tracks and masks.
+span timelines, boxes, tracks and masks. The trained model is saved as a
+:class:`~tpo.predict.Predictor` folder (``out/model``) and asked every held-out question the way a
+user would (generation, then the head): the ``(predictor)`` rows.
 
-"Chance" is the same model, untrained, evaluated the same way.
+"Chance" is the same model, untrained, evaluated the same way (teacher-forced); the predictor rows
+have none (an untrained model never calls a head, so it scores 0).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from lightning import Callback, Trainer
 
-__all__ = ["DEMO_MODEL", "HEADLINE_METRICS", "demo_main", "run_demo"]
+__all__ = ["DEMO_DATA", "DEMO_MODEL", "HEADLINE_METRICS", "demo_main", "run_demo"]
 
 #: The model the demo trains (also ``configs/demo.yaml``'s ``model``).
 DEMO_MODEL: dict[str, Any] = {
@@ -57,6 +60,14 @@ DEMO_MODEL: dict[str, Any] = {
         "llm": 1e-3,
     },
     "warmup_ratio": 0.02,
+}
+
+#: The synthetic clips: objects big enough to box at 32 px, visible for 25-60 % of the clip.
+DEMO_DATA: dict[str, Any] = {
+    "size": 32,
+    "num_frames": 8,
+    "object_size": (0.17, 0.22),
+    "visible_fraction": (0.25, 0.6),
 }
 
 #: (task, metric key in the logs, name in the table)
@@ -96,11 +107,16 @@ def _trainer(**kwargs) -> Trainer:
     )
 
 
+#: The predictor's headline metric per task (keys of :func:`tpo.predict.evaluate_predictor`).
+PREDICTOR_METRICS = {"temporal": "R1@0.5", "box": "acc@0.5", "track": "success", "mask": "J&F"}
+
+
 def _table(metrics: dict) -> str:
-    lines = [f"{'task':12s} {'metric':24s} {'value':>8s} {'chance':>8s}"]
+    lines = [f"{'task':12s} {'metric':28s} {'value':>8s} {'chance':>8s}"]
     for task, rows in metrics.items():
         for name, row in rows.items():
-            lines.append(f"{task:12s} {name:24s} {row['value']:8.3f} {row['chance']:8.3f}")
+            chance = "-" if row["chance"] is None else f"{row['chance']:8.3f}"
+            lines.append(f"{task:12s} {name:28s} {row['value']:8.3f} {chance:>8s}")
     return "\n".join(lines)
 
 
@@ -123,8 +139,8 @@ def run_demo(
     data_root = out / "data"
     start = time.time()
     if not (data_root / "synthetic.json").exists():
-        make_synthetic_dataset(data_root, n_videos=n_videos, size=32, num_frames=8, seed=seed)
-    print(f"[1/4] synthetic dataset in {data_root} ({time.time() - start:.0f} s)", flush=True)
+        make_synthetic_dataset(data_root, n_videos=n_videos, seed=seed, **DEMO_DATA)
+    print(f"[1/5] synthetic dataset in {data_root} ({time.time() - start:.0f} s)", flush=True)
 
     steps_estimate = max(50, int(minutes * 60 * 2.4))
     config = {**DEMO_MODEL, "backbone": {**DEMO_MODEL["backbone"], "modality_adaptive": modality_adaptive}}
@@ -133,13 +149,13 @@ def run_demo(
         data_root,
         backbone=module.backbone,
         batch_size=batch_size,
-        num_frames=8,
+        num_frames=DEMO_DATA["num_frames"],
         seed=seed,
         num_workers=1,  # decoding and collation overlap the training step
         collator_options={"keep_media": True},
     )
     chance = _trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
-    print(f"[2/4] untrained model evaluated (chance levels); training for {minutes:g} min", flush=True)
+    print(f"[2/5] untrained model evaluated (chance levels); training for {minutes:g} min", flush=True)
 
     history = LossHistory()
     trainer = _trainer(
@@ -150,7 +166,7 @@ def run_demo(
         limit_val_batches=0,
     )
     trainer.fit(module, data)
-    print(f"[3/4] trained {trainer.global_step} steps; evaluating on the held-out split", flush=True)
+    print(f"[3/5] trained {trainer.global_step} steps; evaluating on the held-out split", flush=True)
     final = _trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
 
     metrics: dict[str, dict] = {}
@@ -171,12 +187,29 @@ def run_demo(
         "value": history.history.get("lm_loss", [(0, float("nan"))])[-1][1],
         "chance": first_lm,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _draw(out, module, data, history)
-    print("[4/4] held-out metrics (chance = the untrained model):")
+    print(f"[4/5] saving the model to {out / 'model'}; the predictor answers the held-out questions")
+    _predictor_rows(module, out, data_root, metrics, progress)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print("[5/5] held-out metrics (chance = the untrained model):")
     print(_table(metrics))
     print(f"wrote {out / 'metrics.json'} and plots in {out} ({(time.time() - start) / 60:.1f} min in all)")
     return metrics
+
+
+def _predictor_rows(module, out: Path, data_root: Path, metrics: dict, progress: bool) -> None:
+    """Save the trained model as a predictor folder and score it on the held-out split."""
+    from tpo.predict import Predictor, evaluate_predictor
+
+    predictor = Predictor(module, num_frames=DEMO_DATA["num_frames"])
+    predictor.save_pretrained(out / "model")
+    scores = evaluate_predictor(predictor, data_root, "val", progress=progress)
+    for task, values in scores.items():
+        name = PREDICTOR_METRICS[task]
+        rows = metrics.setdefault(task, {})
+        rows[f"{name} (predictor)"] = {"value": float(values[name]), "chance": None}
+        rows["task called (predictor)"] = {"value": float(values["assign_acc"]), "chance": None}
+    module.train()
 
 
 def _draw(out: Path, module, data, history: LossHistory) -> None:

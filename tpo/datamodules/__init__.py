@@ -9,7 +9,12 @@ from tpo.datamodules.datasets import (
     TaskDataset,
     TrackDataset,
 )
-from tpo.datamodules.multitask import MultiTaskDataModule, MultiTaskDataset, MultiTaskSampler
+from tpo.datamodules.multitask import (
+    MultiTaskDataModule,
+    MultiTaskDataset,
+    MultiTaskSampler,
+    ResumableDataLoader,
+)
 from tpo.datamodules.prompts import Prompt, make_prompt
 from tpo.datamodules.samples import (
     ConversationSample,
@@ -25,7 +30,8 @@ from tpo.datamodules.video import Clip, VideoDecodeError, VideoReader
 __all__ = [
     "ChatFormat", "Clip", "ConversationDataset", "DatasetSpec", "ConversationSample", "MaskDataset",
     "MaskSample", "MomentDataset", "MomentSample", "MultiTaskDataModule", "MultiTaskDataset",
-    "MultiTaskSampler", "Prompt", "RefDataset", "RefSample", "SyntheticDataset", "TaskCollator",
+    "MultiTaskSampler",
+    "ResumableDataLoader", "Prompt", "RefDataset", "RefSample", "SyntheticDataset", "TaskCollator",
     "TaskDataset", "TrackDataset", "TrackSample", "VideoDecodeError", "VideoReader",
     "make_prompt", "make_synthetic_dataset",
 ]
