@@ -36,7 +36,7 @@ def _batch(seed: int = 0):
     masks[0, :, 4:20, 8:24] = True
     masks[1, 0, 10:30, 2:12] = True
     masks[1, 1, 12:30, 4:14] = True
-    masks[2, :, 16:, 16:] = True
+    masks[2, 0, 16:, 16:] = True  # the object left: frame 1 of sample 2 is empty
     return task, image, {"masks": masks}
 
 
@@ -61,7 +61,9 @@ def test_overfits_one_batch(mask_loss):
     predictions = head.postprocess(head(task, image), [{"image_size": (32, 32)}] * B)
     masks = torch.stack([p.masks for p in predictions])
     assert (mask_iou(masks, targets["masks"]) >= 0.9).all()
-    assert (torch.stack([p.scores for p in predictions]) > 0.8).all()
+    assert not masks[2, 1].any()  # the absent object's frame is empty: the object score learned it
+    present = targets["masks"].flatten(2).any(-1)
+    assert (torch.stack([p.scores for p in predictions])[present] > 0.8).all()
 
 
 def test_gradients_reach_task_embeddings_from_every_term():
@@ -70,7 +72,7 @@ def test_gradients_reach_task_embeddings_from_every_term():
     task, image, targets = _batch()
     task.requires_grad_(True)
     losses = head.loss(head(task, image), targets)
-    assert set(losses) == {"loss_mask", "loss_dice", "loss_iou"}
+    assert set(losses) == {"loss_mask", "loss_dice", "loss_iou", "loss_class"}
     for name, value in losses.items():
         (grad,) = torch.autograd.grad(value, task, retain_graph=True)
         assert grad.abs().sum() > 0, name
@@ -100,6 +102,38 @@ def test_criterion_weights_and_iou_target():
     expected = 2.0 * (4 * 10 + 16 * math.log1p(math.exp(-10))) / 16
     assert bce["loss_mask"].item() == pytest.approx(expected, rel=1e-5)
     assert bce["loss_dice"].item() == pytest.approx(0.5 * (1 - 9 / 13), rel=1e-3)
+
+
+def test_object_score_takes_absent_frames_off_the_mask_terms():
+    logits = torch.zeros(2, 4, 4)
+    logits[0, :2] = 10.0
+    target = torch.zeros(2, 4, 4, dtype=torch.bool)
+    target[0, :1] = True  # mask 0: 8 pixels predicted, 4 right; mask 1: the object is absent
+    iou_pred = torch.tensor([0.25, 0.9])
+    object_logits = torch.tensor([2.0, -1.0])
+    criterion = MaskCriterion(mask_loss="bce")
+    with_score = criterion(logits, target, iou_pred, object_logits)
+    present_only = criterion(logits[:1], target[:1], iou_pred[:1])
+    for name in ("loss_mask", "loss_dice", "loss_iou"):
+        assert with_score[name].item() == pytest.approx(present_only[name].item(), rel=1e-6), name
+    assert present_only["loss_iou"].item() == pytest.approx(0.25**2)
+    expected_class = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 2
+    assert with_score["loss_class"].item() == pytest.approx(expected_class, rel=1e-6)
+    without_score = criterion(logits, target, iou_pred)
+    assert "loss_class" not in without_score
+    assert without_score["loss_mask"].item() != pytest.approx(present_only["loss_mask"].item())
+
+
+def test_postprocess_empties_frames_with_a_negative_object_score():
+    head = _head().eval()
+    task, image, _ = _batch()
+    output = head(task, image)
+    output.masks = torch.full_like(output.masks, 5.0)
+    output.object_logits = torch.tensor([[1.0, -1.0], [-0.5, 0.0], [3.0, 2.0]])
+    masks = torch.stack([p.masks for p in head.postprocess(output, [{"image_size": (8, 8)}] * B)])
+    assert masks.shape == (B, T, 8, 8)
+    assert masks.flatten(2).all(-1).tolist() == [[True, False], [False, True], [True, True]]
+    assert not masks[0, 1].any() and not masks[1, 0].any()
 
 
 def test_bad_input_raises():

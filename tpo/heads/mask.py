@@ -31,10 +31,13 @@ class MaskOutput:
     Attributes:
         masks: ``(B, T, H, W)`` mask logits, ``H = 4 h``, ``W = 4 w`` of the image grid.
         iou: ``(B, T)`` predicted IoU of each thresholded mask, in [0, 1].
+        object_logits: ``(B, T)`` logit that the object is in the frame (SAM2's object score);
+            ``None`` for heads without one. Post-processing empties the frames where it is < 0.
     """
 
     masks: Tensor
     iou: Tensor
+    object_logits: Tensor | None = None
 
 
 @dataclass
@@ -140,15 +143,17 @@ def _init_as_nearest_upsampling(conv: nn.ConvTranspose2d) -> None:
 class MaskHead(nn.Module):
     """Promptable mask decoder after SAM, with the task embedding as the prompt.
 
-    The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; with an IoU token
-    and a mask token they run through a two-way transformer against the image embedding (a
+    The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; with an object-score
+    token, an IoU token and a mask token they run through a two-way transformer against the image embedding (a
     1x1-conv projection of the patch grid plus 2-D sine positions). For video, the mask tokens
     of the ``T`` frames then attend to each other (light temporal attention). Two transposed
     convolutions upscale the image embedding 4x (adding projected 2x and 4x features when
     ``high_res_dims`` is set, as SAM2 does with its FPN levels, e.g. a timm encoder's
     ``features_only`` maps at strides 4 and 8 next to stride 16; they start as nearest-neighbour
     upsampling, ICNR); the mask is the dot product of each pixel with a hypernetwork MLP of the
-    mask token. An MLP on the IoU token predicts the mask's IoU.
+    mask token. An MLP on the IoU token predicts the mask's IoU; one on the object-score token
+    predicts whether the object is in the frame at all (SAM2's ``pred_obj_scores``), which
+    referring video segmentation needs: the referred object is absent from many frames.
 
     Args:
         embed_dim: ``D``, size of the task embedding.
@@ -190,7 +195,7 @@ class MaskHead(nn.Module):
             nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_prompt_tokens * hidden_dim)
         )
         self.image_proj = nn.Sequential(nn.Conv2d(image_dim, hidden_dim, 1), _LayerNorm2d(hidden_dim))
-        self.output_tokens = nn.Embedding(2, hidden_dim)  # IoU token, mask token
+        self.output_tokens = nn.Embedding(3, hidden_dim)  # object-score, IoU and mask tokens
         self.transformer = TwoWayTransformer(
             dim=hidden_dim, num_heads=num_heads, num_layers=num_layers, mlp_dim=mlp_dim
         )
@@ -213,6 +218,7 @@ class MaskHead(nn.Module):
             )
         self.hypernet = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=hidden_dim // 8, num_layers=3)
         self.iou_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=3)
+        self.object_score_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=3)
         self.criterion = criterion if criterion is not None else MaskCriterion(mask_loss=mask_loss)
 
     def forward(
@@ -238,7 +244,7 @@ class MaskHead(nn.Module):
         tokens = torch.cat((self.output_tokens.weight.expand(batch, -1, -1), prompts), dim=1)
         tokens = tokens.repeat_interleave(length, dim=0)
         tokens, image_tokens = self.transformer(tokens, image_tokens, image_pe)
-        iou_token, mask_token = tokens[:, 0], tokens[:, 1]
+        object_token, iou_token, mask_token = tokens[:, 0], tokens[:, 1], tokens[:, 2]
         if self.temporal_attention and length > 1:
             seq = mask_token.unflatten(0, (batch, length))
             pos = seq + sine_position_1d(length, dim, image.device)
@@ -250,7 +256,12 @@ class MaskHead(nn.Module):
         )
         masks = torch.einsum("nc,nchw->nhw", self.hypernet(mask_token), upscaled)
         iou = self.iou_head(iou_token)[:, 0].sigmoid()
-        return MaskOutput(masks=masks.unflatten(0, (batch, length)), iou=iou.unflatten(0, (batch, length)))
+        object_logits = self.object_score_head(object_token)[:, 0]
+        return MaskOutput(
+            masks=masks.unflatten(0, (batch, length)),
+            iou=iou.unflatten(0, (batch, length)),
+            object_logits=object_logits.unflatten(0, (batch, length)),
+        )
 
     def _check_high_res(
         self, high_res: Sequence[Tensor] | None, batch: int, length: int, height: int, width: int
@@ -281,7 +292,8 @@ class MaskHead(nn.Module):
         return F.gelu(x)
 
     def loss(self, output: MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """``loss_mask``, ``loss_dice``, ``loss_iou`` against ``targets["masks"]``.
+        """``loss_mask``, ``loss_dice``, ``loss_iou`` (frames where the target is non-empty) and
+        ``loss_class`` (object score) against ``targets["masks"]``.
 
         Args:
             output: this head's forward output.
@@ -313,17 +325,20 @@ def mask_losses(criterion: MaskCriterion, output: MaskOutput, target: Tensor) ->
             f"of the predicted masks {out_h}x{out_w} (expected H * {out_w} == W * {out_h})"
         )
     logits = resize_mask_logits(output.masks.float(), (sizes["H"], sizes["W"]))
-    return criterion(logits, target.to(logits.device), output.iou)
+    return criterion(logits, target.to(logits.device), output.iou, output.object_logits)
 
 
 @torch.no_grad()
 def postprocess_masks(output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> list[MaskPrediction]:
-    """Per sample, bool masks ``(T, H, W)`` at ``meta[b]["image_size"]`` and IoU scores."""
+    """Per sample, bool masks ``(T, H, W)`` at ``meta[b]["image_size"]`` and IoU scores; frames
+    whose object score (when the output has one) is below 0 are empty."""
     predictions = []
     for b in range(output.masks.shape[0]):
         size = tuple(int(s) for s in meta_value(meta, b, "image_size"))
-        logits = resize_mask_logits(output.masks[b].detach().float(), size)
+        masks = resize_mask_logits(output.masks[b].detach().float(), size) > 0
+        if output.object_logits is not None:
+            masks &= (output.object_logits[b].detach() >= 0)[:, None, None]
         predictions.append(
-            MaskPrediction(masks=(logits > 0).cpu(), scores=output.iou[b].detach().float().cpu())
+            MaskPrediction(masks=masks.cpu(), scores=output.iou[b].detach().float().cpu())
         )
     return predictions

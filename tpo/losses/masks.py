@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,6 +25,10 @@ class MaskCriterion(nn.Module):
     - ``loss_dice``: soft dice (weight 1 for focal, 0.5 for BCE).
     - ``loss_iou``: MSE between the predicted IoU and the actual IoU of the thresholded mask
       (weight 1); only when predicted IoUs are given.
+    - ``loss_class``: when object-score logits are given (SAM2's ``pred_obj_scores``), BCE of
+      "the object is in this frame" (weight 1). As in SAM2's training loss, the mask, dice and
+      IoU terms then count only the frames where the target is non-empty; an absent object is
+      the object score's job, and :func:`~tpo.heads.mask.postprocess_masks` empties its frames.
 
     ``weight_mask`` and ``weight_dice`` left as ``None`` take the defaults of ``mask_loss``.
     """
@@ -35,6 +40,7 @@ class MaskCriterion(nn.Module):
         weight_mask: float | None = None,
         weight_dice: float | None = None,
         weight_iou: float = 1.0,
+        weight_class: float = 1.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
     ):
@@ -46,22 +52,40 @@ class MaskCriterion(nn.Module):
         self.weight_mask = default_mask if weight_mask is None else weight_mask
         self.weight_dice = default_dice if weight_dice is None else weight_dice
         self.weight_iou = weight_iou
+        self.weight_class = weight_class
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
     def forward(
-        self, logits: Tensor, target: Tensor, iou_pred: Tensor | None = None
+        self,
+        logits: Tensor,
+        target: Tensor,
+        iou_pred: Tensor | None = None,
+        object_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Args: ``logits (..., H, W)``, ``target (..., H, W)`` bool, ``iou_pred (...)``."""
+        """Args: ``logits (..., H, W)``, ``target (..., H, W)`` bool, ``iou_pred (...)``,
+        ``object_logits (...)``."""
         if self.mask_loss == "focal":
             per_mask = focal_loss(logits, target, alpha=self.focal_alpha, gamma=self.focal_gamma)
         else:
             per_mask = bce_loss(logits, target)
+        per_dice = dice_loss(logits, target)
+        if object_logits is None:
+            weight = torch.ones_like(per_mask)
+        else:
+            weight = target.flatten(-2).any(-1).to(per_mask.dtype)
+        count = weight.sum().clamp(min=1.0)
         losses = {
-            "loss_mask": self.weight_mask * per_mask.mean(),
-            "loss_dice": self.weight_dice * dice_loss(logits, target).mean(),
+            "loss_mask": self.weight_mask * (per_mask * weight).sum() / count,
+            "loss_dice": self.weight_dice * (per_dice * weight).sum() / count,
         }
         if iou_pred is not None and self.weight_iou:
             actual = mask_iou(logits.detach() > 0, target)
-            losses["loss_iou"] = self.weight_iou * F.mse_loss(iou_pred.float(), actual)
+            per_iou = F.mse_loss(iou_pred.float(), actual, reduction="none")
+            losses["loss_iou"] = self.weight_iou * (per_iou * weight).sum() / count
+        if object_logits is not None:
+            present = target.flatten(-2).any(-1).float()
+            losses["loss_class"] = self.weight_class * F.binary_cross_entropy_with_logits(
+                object_logits.float(), present
+            )
         return losses
