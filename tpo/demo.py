@@ -83,14 +83,12 @@ HEADLINE_METRICS = (
 
 
 class LossHistory(Callback):
-    """Keeps ``(step, value)`` of every logged training loss for the loss plot."""
+    """Keeps ``(step, value)`` of every training loss at every step, for the loss plot."""
 
     def __init__(self) -> None:
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % 10:
-            return
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/") and key.endswith("loss"):
                 self.history.setdefault(key[len("train/") :], []).append((trainer.global_step, float(value)))
