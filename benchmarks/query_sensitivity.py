@@ -4,8 +4,9 @@ For each task, held-out questions go through the backbone twice: as written, and
 colour word swapped for another colour. The figure is the relative change of the task
 embedding (hidden state at the task placeholder), ``|e_swapped - e| / |e|``, averaged over the
 questions; a head can only tell the two objects of a clip apart through that change. The same
-is measured on an untrained model of the same configuration (the reference), and the ratio
-trained / untrained is printed: below 1 means training taught the LLM to ignore the words.
+is measured on an untrained model of the same configuration (the reference), on the same
+batches, and the ratio trained / untrained is printed per task (``query_sensitivity_ratio_<task>``):
+below 1 means training taught the LLM to ignore the words.
 
     python benchmarks/query_sensitivity.py demo_out/model demo_out/data [--batches 4]
 
@@ -36,14 +37,18 @@ def swap_colour_words(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sensitivity(module: TPOModule, data_root: str, batches: int) -> dict[str, float]:
-    """Mean relative change of each task's embedding when the colour words are swapped."""
-    module.eval()
-    backbone = module.backbone
-    changes: dict[str, list[float]] = {}
-    for task in module.heads:
+def sensitivity(models: dict[str, TPOModule], data_root: str, batches: int) -> dict[str, dict[str, float]]:
+    """``{model: {task: mean relative change of the task embedding when the colour words are
+    swapped}}``; every model reads the same held-out batches (collated once, by the first
+    model's backbone: the models share one configuration, hence one tokenizer)."""
+    first = next(iter(models.values()))
+    changes: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+    for module in models.values():
+        module.eval()
+    for task in first.heads:
         data = MultiTaskDataModule.from_synthetic(
-            data_root, backbone=backbone, batch_size=8, num_frames=8, seed=0, num_workers=0, tasks=(task,)
+            data_root, backbone=first.backbone, batch_size=8, num_frames=8, seed=0, num_workers=0,
+            tasks=(task,),
         )
         data.setup("validate")
         loader = data.val_dataloader()
@@ -51,14 +56,16 @@ def sensitivity(module: TPOModule, data_root: str, batches: int) -> dict[str, fl
         for b, batch in enumerate(tqdm(loader, desc=task, total=batches, leave=False)):
             if b == batches:
                 break
-            plain = backbone(batch).tasks[task].embeds.float()
-            swapped_ids = swap_colour_words(batch["input_ids"], backbone.tokenizer)
+            swapped_ids = swap_colour_words(batch["input_ids"], first.backbone.tokenizer)
             if torch.equal(swapped_ids, batch["input_ids"]):
                 continue  # no colour word (GOT-10k tracking prompts name the class only)
-            swapped = backbone({**batch, "input_ids": swapped_ids}).tasks[task].embeds.float()
-            change = (swapped - plain).norm(dim=-1) / plain.norm(dim=-1)
-            changes[task] = changes.get(task, []) + change.tolist()
-    return {task: sum(v) / len(v) for task, v in changes.items() if v}
+            for name, module in models.items():
+                plain = module.backbone(batch).tasks[task].embeds.float()
+                swapped = module.backbone({**batch, "input_ids": swapped_ids}).tasks[task].embeds.float()
+                change = (swapped - plain).norm(dim=-1) / plain.norm(dim=-1)
+                changes[name].setdefault(task, []).extend(change.tolist())
+    return {name: {task: sum(v) / len(v) for task, v in per_task.items()}
+            for name, per_task in changes.items()}
 
 
 def main() -> None:
@@ -72,16 +79,16 @@ def main() -> None:
     from tpo.demo import DEMO_MODEL
 
     untrained = TPOModule(**DEMO_MODEL)
-    ours = sensitivity(trained, args.data, args.batches)
-    reference = sensitivity(untrained, args.data, args.batches)
-    print(f"{'task':10s} {'trained':>9s} {'untrained':>10s} {'ratio':>7s}")
+    result = sensitivity({"trained": trained, "untrained": untrained}, args.data, args.batches)
+    ours, reference = result["trained"], result["untrained"]
+    print(f"{'task':10s} {'trained':>9s} {'untrained':>10s}")
     for task in trained.heads:
         if task not in ours:
-            print(f"{task:10s} {'n/a: its prompts name no colour':>28s}")
+            print(f"{task:10s} n/a: its prompts name no colour")
             continue
-        value = ours[task]
-        print(f"{task:10s} {value:9.4f} {reference[task]:10.4f} {value / reference[task]:7.2f}")
-
+        print(f"{task:10s} {ours[task]:9.4f} {reference[task]:10.4f}")
+    for task in ours:
+        print(f"query_sensitivity_ratio_{task}: {ours[task] / reference[task]:.2f} (target > 1)")
 
 if __name__ == "__main__":
     main()

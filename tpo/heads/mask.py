@@ -144,11 +144,11 @@ class MaskHead(nn.Module):
     """Promptable mask decoder after SAM, with the task embedding as the prompt.
 
     The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; with an object-score
-    token, an IoU token and a mask token they run through a two-way transformer against the image embedding (a
-    1x1-conv projection of the patch grid plus 2-D sine positions). For video, the mask tokens
-    of the ``T`` frames then attend to each other (light temporal attention). Two transposed
-    convolutions upscale the image embedding 4x (adding projected 2x and 4x features when
-    ``high_res_dims`` is set, as SAM2 does with its FPN levels, e.g. a timm encoder's
+    token, an IoU token and a mask token they run through a two-way transformer against the
+    image embedding (a 1x1-conv projection of the patch grid plus 2-D sine positions). For video,
+    the mask tokens of the ``T`` frames then attend to each other (light temporal attention). Two
+    transposed convolutions upscale the image embedding 4x (adding projected 2x and 4x features
+    when ``high_res_dims`` is set, as SAM2 does with its FPN levels, e.g. a timm encoder's
     ``features_only`` maps at strides 4 and 8 next to stride 16; they start as nearest-neighbour
     upsampling, ICNR); the mask is the dot product of each pixel with a hypernetwork MLP of the
     mask token. An MLP on the IoU token predicts the mask's IoU; one on the object-score token

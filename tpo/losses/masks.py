@@ -70,10 +70,8 @@ class MaskCriterion(nn.Module):
         else:
             per_mask = bce_loss(logits, target)
         per_dice = dice_loss(logits, target)
-        if object_logits is None:
-            weight = torch.ones_like(per_mask)
-        else:
-            weight = target.flatten(-2).any(-1).to(per_mask.dtype)
+        present = target.flatten(-2).any(-1).to(per_mask.dtype)
+        weight = torch.ones_like(per_mask) if object_logits is None else present
         count = weight.sum().clamp(min=1.0)
         losses = {
             "loss_mask": self.weight_mask * (per_mask * weight).sum() / count,
@@ -84,7 +82,6 @@ class MaskCriterion(nn.Module):
             per_iou = F.mse_loss(iou_pred.float(), actual, reduction="none")
             losses["loss_iou"] = self.weight_iou * (per_iou * weight).sum() / count
         if object_logits is not None:
-            present = target.flatten(-2).any(-1).float()
             losses["loss_class"] = self.weight_class * F.binary_cross_entropy_with_logits(
                 object_logits.float(), present
             )
