@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import get_cosine_schedule_with_warmup
 
+from tpo.arguments import unknown_arguments
 from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.backbones.factory import create_backbone
 from tpo.backbones.lora import is_lora_parameter
@@ -87,7 +87,9 @@ def build_heads(backbone: Backbone, heads: Mapping[str, Mapping] | None = None) 
         cls = _import_head(task, kwargs.pop("class_path")) if "class_path" in kwargs else adapter.head_class
         kwargs.setdefault("embed_dim", backbone.hidden_size)
         kwargs.setdefault(adapter.visual_kwarg, backbone.visual_dim)
-        _check_arguments(f"heads.{task}", cls, kwargs)
+        unknown, valid = unknown_arguments(cls, kwargs)
+        if unknown:
+            raise ValueError(f"heads.{task}: {cls.__name__} has no arguments {unknown}; valid: {valid}")
         modules[task] = cls(**kwargs)
         full_specs[task] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", **kwargs}
     return nn.ModuleDict(modules), full_specs
@@ -109,17 +111,6 @@ def _import_head(task: str, path: str) -> type:
     if not isinstance(cls, type):
         raise ValueError(f"heads.{task}.class_path: {path!r} is not a class; {hint}")
     return cls
-
-
-def _check_arguments(where: str, fn: Any, kwargs: Mapping[str, Any]) -> None:
-    """A ``ValueError`` listing ``fn``'s keyword arguments when ``kwargs`` has others."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-        raise ValueError(f"{where}: {getattr(fn, '__name__', fn)} has no arguments {unknown}; valid: {valid}")
 
 
 class TPOModule(L.LightningModule):

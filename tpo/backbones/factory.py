@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tpo.arguments import unknown_arguments
 from tpo.backbones.base import CONFIG_NAME, Backbone
 from tpo.backbones.llava import LlavaBackbone
 from tpo.backbones.tiny import tiny_llava, tiny_videochat
@@ -63,12 +63,10 @@ def _build(spec: dict[str, Any]) -> Backbone:
             f"(or give 'pretrained': dir), got {name!r}"
         )
     builder = BACKBONE_BUILDERS[name]
-    params = inspect.signature(builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = sorted(set(spec) - set(params))
-    if unknown and not takes_any:
+    unknown, valid = unknown_arguments(builder, spec)
+    if unknown:
         raise ValueError(
-            f"backbone spec: {name!r} takes no {unknown}; its arguments: {list(params)} "
+            f"backbone spec: {name!r} takes no {unknown}; its arguments: {valid} "
             "(plus 'modality_adaptive')"
         )
     return builder(**spec)
