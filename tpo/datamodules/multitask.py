@@ -23,12 +23,12 @@ from tpo.datamodules.datasets import (
     TrackDataset,
 )
 from tpo.datamodules.specs import DatasetSpec
+from tpo.datamodules.synthetic import TASKS as SYNTHETIC_TASKS
+from tpo.datamodules.synthetic import SyntheticDataset
 
 __all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler", "ResumableDataLoader"]
 
 log = logging.getLogger(__name__)
-
-SYNTHETIC_TASKS = ("temporal", "box", "track", "mask", "conversation")
 
 
 def _build(datasets: Mapping[str, TaskDataset | DatasetSpec | Mapping]
@@ -251,8 +251,6 @@ class MultiTaskDataModule(L.LightningDataModule):
         """A data module over a :func:`~tpo.datamodules.make_synthetic_dataset` folder, read
         through the public format readers; random frame sampling for training, uniform for
         validation; ``cache`` keeps the decoded clips in memory (see the datasets)."""
-        from tpo.datamodules.synthetic import SyntheticDataset
-
         unknown = [t for t in tasks if t not in SYNTHETIC_TASKS]
         if unknown:
             raise ValueError(f"tasks: unknown {unknown}; the synthetic dataset has "
