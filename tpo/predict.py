@@ -45,6 +45,8 @@ from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.backbones.llava import LlavaBackbone
 from tpo.backbones.lora import is_lora_parameter
 from tpo.datamodules.collate import ChatFormat, TaskCollator
+from tpo.datamodules.multitask import synthetic_task_dataset
+from tpo.datamodules.synthetic import SyntheticDataset
 from tpo.datamodules.video import IMAGE_EXTENSIONS, VideoReader, sample_indices
 from tpo.module import HEADS_CONFIG, HEADS_WEIGHTS, TPOModule
 from tpo.tasks import get_task_adapter
@@ -53,6 +55,7 @@ from tpo.tokens import TaskGather
 __all__ = ["Answer", "Predictor", "evaluate_predictor"]
 
 PREDICTOR_CONFIG = "tpo_predictor.json"
+HEAD_TASKS = ("temporal", "box", "track", "mask")
 BACKBONE_DIR, HEADS_DIR = "backbone", "heads"
 _UNSUPPORTED_GENERATE = ("num_beams", "num_return_sequences", "eos_token_id", "pad_token_id",
                          "return_dict_in_generate", "input_ids", "attention_mask", "past_key_values")
@@ -519,28 +522,12 @@ def _count_box_tokens(backbone: Backbone, question: str) -> int:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _task_dataset(data, task: str, split: str, num_frames: int):
-    from tpo.datamodules.datasets import MaskDataset, MomentDataset, RefDataset, TrackDataset
-
-    samples = data.samples(task, split)
-    common = {"sampling": "uniform", "num_frames": num_frames}
-    if task == "temporal":
-        return MomentDataset(samples, os.path.join(data.root, "videos"), **common)
-    if task == "box":
-        return RefDataset(samples)
-    if task == "track":
-        return TrackDataset(samples, **common)
-    if task == "mask":
-        return MaskDataset(samples, **common)
-    raise ValueError(f"tasks: expected some of ('temporal', 'box', 'track', 'mask'), got {task!r}")
-
-
 def evaluate_predictor(
     predictor: Predictor,
     root: str | os.PathLike,
     split: str = "val",
     *,
-    tasks: Sequence[str] = ("temporal", "box", "track", "mask"),
+    tasks: Sequence[str] = HEAD_TASKS,
     limit: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -561,14 +548,15 @@ def evaluate_predictor(
     """
     from tqdm.auto import tqdm
 
-    from tpo.datamodules.synthetic import SyntheticDataset
-
     data = SyntheticDataset.load(root)
     if split not in data.files:
         raise ValueError(f"split: {root} has splits {sorted(data.files)}, not {split!r}")
     results: dict[str, dict[str, float]] = {}
     for task in tasks:
-        dataset = _task_dataset(data, task, split, predictor.num_frames)
+        if task not in HEAD_TASKS:
+            raise ValueError(f"tasks: expected some of {HEAD_TASKS}, got {task!r}")
+        dataset = synthetic_task_dataset(data, task, split, num_frames=predictor.num_frames,
+                                         sampling="uniform")
         count = len(dataset) if limit is None else min(limit, len(dataset))
         adapter = get_task_adapter(task)
         metric = adapter.make_metric()

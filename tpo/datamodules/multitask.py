@@ -26,7 +26,8 @@ from tpo.datamodules.specs import DatasetSpec
 from tpo.datamodules.synthetic import TASKS as SYNTHETIC_TASKS
 from tpo.datamodules.synthetic import SyntheticDataset
 
-__all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler", "ResumableDataLoader"]
+__all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler", "ResumableDataLoader",
+           "synthetic_task_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,23 @@ class ResumableDataLoader(DataLoader):
         self._resume = dict(state_dict)
 
 
+def synthetic_task_dataset(data: SyntheticDataset, task: str, split: str, *, num_frames: int,
+                           sampling: str, **options) -> TaskDataset:
+    """The dataset of one task and split of a synthetic folder, read through the public format
+    readers; ``options`` (``on_error``, ``frame_size``, ``seed``, ``cache``...) go to it."""
+    samples = data.samples(task, split)
+    if task == "temporal":
+        return MomentDataset(samples, os.path.join(data.root, "videos"), num_frames=num_frames,
+                             sampling=sampling, **options)
+    if task == "box":
+        return RefDataset(samples, **options)
+    if task == "track":
+        return TrackDataset(samples, num_frames=num_frames, sampling=sampling, **options)
+    if task == "mask":
+        return MaskDataset(samples, num_frames=num_frames, sampling=sampling, **options)
+    return ConversationDataset(samples, num_frames=num_frames, sampling=sampling, **options)
+
+
 class MultiTaskDataModule(L.LightningDataModule):
     """Train and validation loaders over several task datasets; batches may mix tasks.
 
@@ -257,27 +275,12 @@ class MultiTaskDataModule(L.LightningDataModule):
                              f"{list(SYNTHETIC_TASKS)}")
         data = SyntheticDataset.load(root)
         num_frames = num_frames or data.num_frames
-        video_root = os.path.join(data.root, "videos")
-
-        def build(task: str, split: str) -> TaskDataset:
-            common = {"on_error": on_error, "frame_size": frame_size,
-                      "seed": kwargs.get("seed", 0), "cache": cache}
-            sampling = "random" if split == "train" else "uniform"
-            samples = data.samples(task, split)
-            if task == "temporal":
-                return MomentDataset(samples, video_root, num_frames=num_frames,
-                                     sampling=sampling, **common)
-            if task == "box":
-                return RefDataset(samples, **common)
-            if task == "track":
-                return TrackDataset(samples, num_frames=num_frames, sampling=sampling, **common)
-            if task == "mask":
-                return MaskDataset(samples, num_frames=num_frames, sampling=sampling, **common)
-            return ConversationDataset(samples, num_frames=num_frames, sampling=sampling,
-                                       **common)
-
-        train = {t: build(t, "train") for t in tasks}
-        val = {t: build(t, "val") for t in tasks} if "val" in data.files else None
+        common = {"num_frames": num_frames, "on_error": on_error, "frame_size": frame_size,
+                  "seed": kwargs.get("seed", 0), "cache": cache}
+        train = {t: synthetic_task_dataset(data, t, "train", sampling="random", **common)
+                 for t in tasks}
+        val = ({t: synthetic_task_dataset(data, t, "val", sampling="uniform", **common) for t in tasks}
+               if "val" in data.files else None)
         return cls(train=train, val=val, **kwargs)
 
     @property
