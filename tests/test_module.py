@@ -126,12 +126,14 @@ def test_fit_then_validate_logs_losses_and_both_metric_modes(synthetic, tmp_path
     assert first["task"] in {"temporal", "box", "track", "mask", None}
 
 
-def test_heads_export_attaches_to_a_fresh_copy_of_the_backbone(synthetic, tmp_path):
+@pytest.mark.parametrize("query_words", [False, True])
+def test_heads_export_attaches_to_a_fresh_copy_of_the_backbone(synthetic, tmp_path, query_words):
     pytest.importorskip("peft")
     tiny_llava("llava", seed=5, with_task_tokens=False).save_pretrained(tmp_path / "base")
     lora = {"target_modules": ["q_proj", "v_proj"], "r": 2, "alpha": 4, "dropout": 0.0}
     module = TPOModule(
-        backbone={"pretrained": str(tmp_path / "base")}, heads=SMALL_HEADS, lora=lora, stage="stage2"
+        backbone={"pretrained": str(tmp_path / "base")}, heads=SMALL_HEADS, lora=lora, stage="stage2",
+        query_words=query_words,
     )
     batch = first_batch(synthetic, module.backbone, tasks=("temporal", "box"))
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
@@ -141,6 +143,12 @@ def test_heads_export_attaches_to_a_fresh_copy_of_the_backbone(synthetic, tmp_pa
         optimizer.step()
     module.save_heads(tmp_path / "heads")
     restored = TPOModule.from_heads(tmp_path / "heads", {"pretrained": str(tmp_path / "base")})
+    assert (restored.query_words is not None) == query_words
+    if query_words:  # trained with the heads (stage2), exported with them
+        assert not torch.equal(module.query_words.words.weight, TPOModule(
+            backbone={"pretrained": str(tmp_path / "base")}, heads=SMALL_HEADS, lora=lora, stage="stage2",
+            query_words=True).query_words.words.weight)
+        torch.testing.assert_close(restored.query_words.words.weight, module.query_words.words.weight)
     module.eval(), restored.eval()
     with torch.no_grad():
         a, b = module.backbone(batch), restored.backbone(batch)

@@ -60,6 +60,16 @@ DEMO_MODEL: dict[str, Any] = {
         "llm": 1e-3,
     },
     "warmup_ratio": 0.02,
+    "query_words": True,
+}
+
+#: How often each task's samples are drawn (temporal grounding learns slowest, so most often).
+DEMO_TASK_WEIGHTS: dict[str, float] = {
+    "temporal": 0.35,
+    "mask": 0.25,
+    "box": 0.15,
+    "track": 0.15,
+    "conversation": 0.10,
 }
 
 #: The synthetic clips: objects big enough to box at 32 px, visible for 25-60 % of the clip.
@@ -151,6 +161,7 @@ def run_demo(
         seed=seed,
         num_workers=1,  # decoding and collation overlap the training step
         collator_options={"keep_media": True},
+        weights=DEMO_TASK_WEIGHTS,
     )
     chance = _trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
     print(f"[2/5] untrained model evaluated (chance levels); training for {minutes:g} min", flush=True)

@@ -26,6 +26,7 @@ from tpo.arguments import unknown_arguments
 from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.backbones.factory import create_backbone
 from tpo.backbones.lora import is_lora_parameter
+from tpo.query import QueryWords
 from tpo.stages import get_stage
 from tpo.tasks import TASK_ADAPTERS, get_task_adapter
 
@@ -54,7 +55,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def _is_head_key(key: str) -> bool:
     """Whether a state-dict key belongs to what :meth:`TPOModule.save_heads` exports."""
-    return key.startswith(("heads.", "backbone.task_tokens.")) or is_lora_parameter(key)
+    return key.startswith(("heads.", "backbone.task_tokens.", "query_words.")) or is_lora_parameter(key)
 
 
 def _existing(path: Path) -> Path:
@@ -142,6 +143,10 @@ class TPOModule(L.LightningModule):
             part of (with gradient accumulation, the whole accumulated update). Under DDP every
             process then back-propagates a zero loss (Lightning refuses a ``None`` step there)
             and no process updates.
+        query_words: add the bag of the query's words (:class:`~tpo.query.QueryWords`, trained
+            with the heads) to every task embedding before its head; batches then need the
+            collator's ``query_ids`` / ``query_mask``. For an LLM trained from scratch (the demo),
+            which does not yet route the query's words to the task token.
 
     Randomness inside a training step (dropout) is drawn from a generator seeded with (the torch
     seed at fit start, global step, batch index, rank) and leaves the global generator as it was,
@@ -162,6 +167,7 @@ class TPOModule(L.LightningModule):
         schedule_steps: int | None = None,
         init_from: str | None = None,
         nonfinite: str = "stop",
+        query_words: bool = False,
     ) -> None:
         super().__init__()
         if nonfinite not in NONFINITE_MODES:
@@ -173,6 +179,14 @@ class TPOModule(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
         self.backbone = create_backbone(backbone)
         self.heads, self.head_specs = build_heads(self.backbone, heads)
+        self.query_words = (
+            QueryWords(
+                vocab_size=self.backbone.language_model.get_input_embeddings().num_embeddings,
+                embed_dim=self.backbone.hidden_size,
+            )
+            if query_words
+            else None
+        )
         self.lora = dict(lora) if lora is not None else None
         if lora is not None:
             from tpo.backbones.lora import apply_lora
@@ -230,8 +244,21 @@ class TPOModule(L.LightningModule):
             if gathered is None or len(gathered) == 0:
                 continue
             inputs = get_task_adapter(task).head_inputs(out, gathered.batch_index, head)
-            results[task] = (head(gathered.embeds, **inputs), gathered.batch_index)
+            embeds = self._with_query(batch, gathered.embeds, gathered.batch_index)
+            results[task] = (head(embeds, **inputs), gathered.batch_index)
         return results
+
+    def _with_query(self, batch: Mapping[str, Any], embeds: Tensor, index: Tensor) -> Tensor:
+        """The task embeddings ``(n, D)`` of samples ``index`` plus their query words, when
+        ``query_words`` is on."""
+        if self.query_words is None:
+            return embeds
+        if batch.get("query_ids") is None or batch.get("query_mask") is None:
+            raise ValueError(
+                "batch: query_words is on but the batch has no 'query_ids' / 'query_mask' (the "
+                "collator writes them from each item's 'query'; give the items a query)"
+            )
+        return self.query_words(embeds, batch["query_ids"][index], batch["query_mask"][index])
 
     @staticmethod
     def _target_rows(batch: Mapping[str, Any], task: str, index: Tensor) -> Mapping[str, Any]:
@@ -487,6 +514,7 @@ class TPOModule(L.LightningModule):
             "lora": self.lora,
             "stage": self.stage.name,
             "hidden_size": self.backbone.hidden_size,
+            "query_words": self.query_words is not None,
         }
         (directory / HEADS_CONFIG).write_text(json.dumps(config, indent=2))
 
@@ -535,6 +563,7 @@ class TPOModule(L.LightningModule):
             "lm_weight": config["lm_weight"],
             "lora": config["lora"],
             "stage": config["stage"],
+            "query_words": config.get("query_words", False),
             **overrides,
         }
         module = cls(backbone=backbone, **kwargs)

@@ -314,13 +314,14 @@ class Predictor:
                 "meta": {"frame_size": image.shape[:2], "timestamps": np.zeros(1)}}
 
     def make_item(self, media: Media, question: str, box: Sequence[float] | None = None,
-                  index: int = 0) -> dict:
-        """The collator item of one question (no answer): media, the question and the first-frame
-        box of a tracking question (``[x1, y1, x2, y2]`` pixels, for its ``<track_box>`` token)."""
+                  index: int = 0, query: str | None = None) -> dict:
+        """The collator item of one question (no answer): media, the question, the first-frame
+        box of a tracking question (``[x1, y1, x2, y2]`` pixels, for its ``<track_box>`` token)
+        and the query the heads read when the model has ``query_words`` (default the question)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"question of sample {index}: expected a non-empty string, got {question!r}")
         item = {"task": "predict", "id": index, "turns": [(question, "")], "target": None,
-                **self.load_media(media, index)}
+                "query": question if query is None else query, **self.load_media(media, index)}
         box_tokens = _count_box_tokens(self.backbone, question)
         token = ", ".join(s.input_token for s in self.backbone.task_tokens.specs.values() if s.input_token)
         if box_tokens and box is None:
@@ -341,20 +342,23 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, media: Media, question: str, *, box: Sequence[float] | None = None,
-                **generate_kwargs) -> Answer:
+                query: str | None = None, **generate_kwargs) -> Answer:
         """Answer one question about a video or image.
 
         Args:
             media: a video or image path, a PIL image, ``(H, W, 3)`` / ``(T, H, W, 3)`` uint8 RGB.
             question: the instruction (``<track_box>`` where a tracking question gives its box).
             box: ``[x1, y1, x2, y2]`` pixels of the target in the first frame, for tracking.
+            query: the expression the question names (``"the red circle"``), for a model trained
+                with ``query_words`` (its heads read these words); default the whole question.
             generate_kwargs: passed to ``generate`` (``do_sample=True``, ``temperature``, ``top_p``,
                 ``max_new_tokens``...); greedy by default.
         """
-        return self.predict_batch([media], [question], boxes=[box], **generate_kwargs)[0]
+        return self.predict_batch([media], [question], boxes=[box], queries=[query], **generate_kwargs)[0]
 
     def predict_batch(self, media: Sequence[Media], questions: Sequence[str], *,
                       boxes: Sequence[Sequence[float] | None] | None = None,
+                      queries: Sequence[str | None] | None = None,
                       **generate_kwargs) -> list[Answer]:
         """Answer a batch of questions, generated together (see :meth:`predict`)."""
         if isinstance(questions, str) or len(media) != len(questions):
@@ -366,8 +370,12 @@ class Predictor:
         if len(boxes) != len(questions):
             raise ValueError(f"boxes: expected {len(questions)} entries (None where no box), "
                              f"got {len(boxes)}")
-        items = [self.make_item(m, q, b, i)
-                 for i, (m, q, b) in enumerate(zip(media, questions, boxes, strict=True))]
+        queries = [None] * len(questions) if queries is None else list(queries)
+        if len(queries) != len(questions):
+            raise ValueError(f"queries: expected {len(questions)} entries (None for the question), "
+                             f"got {len(queries)}")
+        items = [self.make_item(m, q, b, i, query)
+                 for i, (m, q, b, query) in enumerate(zip(media, questions, boxes, queries, strict=True))]
         return self.predict_items(items, **generate_kwargs)
 
     @torch.no_grad()

@@ -100,7 +100,7 @@ _LORA = ParamGroupSpec("lora", (r"lora_", r"trainable_tokens_delta"), lr=2e-5)
 _TEMPORAL_TOKEN = ParamGroupSpec("temporal_token", (r"task_tokens\.embeddings\.temporal$",), lr=2e-4)
 _TASK_EMBEDDINGS = ParamGroupSpec("task_embeddings", (r"task_tokens\.",), lr=1e-4)
 _MODALITY = ParamGroupSpec("modality_branches", (r"\.branches\.\d+\.",), lr=2e-5)
-_HEADS = ParamGroupSpec("heads", (r"^heads\.",), lr=1e-4, weight_decay=0.01)
+_HEADS = ParamGroupSpec("heads", (r"^heads\.", r"^query_words\."), lr=1e-4, weight_decay=0.01)
 _VISION = ParamGroupSpec(
     "vision",
     (

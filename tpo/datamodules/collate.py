@@ -9,6 +9,8 @@ Batch (``B`` samples, ``L`` tokens):
 
 - ``input_ids (B, L)``, ``attention_mask (B, L)``, ``labels (B, L)`` (-100 off the answers);
 - ``pixel_values`` / ``pixel_values_videos`` and any other processor output;
+- ``query_ids (B, Lq)`` and ``query_mask (B, Lq)`` bool: each item's ``query`` (the expression
+  its instruction names) tokenised on its own, padded on the right; only when an item has one;
 - ``track_boxes (K, 4)`` normalised cxcywh, one per input-box token in row-major order of
   (sample, position);
 - ``targets``: ``{task: {...}}``, each with ``sample_index (n,)`` long:
@@ -252,10 +254,26 @@ class TaskCollator:
                 | ({"frames": self._media(item)} if self.keep_media else {})
                 for item in items
             ],
+            **self._queries(items),
             tasks=[item["task"] for item in items],
             skipped=[msg for item in items for msg in item.get("skipped", [])],
         )
         return encoded
+
+    def _queries(self, items: Sequence[dict]) -> dict:
+        """``query_ids`` and ``query_mask`` of the items' queries (a leading space, as the query
+        reads inside an instruction); nothing when no item has a query."""
+        queries = [(item.get("query") or "").strip() for item in items]
+        if not any(queries):
+            return {}
+        ids = self.tokenizer([" " + q if q else "" for q in queries], add_special_tokens=False)["input_ids"]
+        width = max(len(row) for row in ids)
+        query_ids = torch.zeros(len(ids), width, dtype=torch.long)
+        query_mask = torch.zeros(len(ids), width, dtype=torch.bool)
+        for b, row in enumerate(ids):
+            query_ids[b, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            query_mask[b, : len(row)] = True
+        return {"query_ids": query_ids, "query_mask": query_mask}
 
     @staticmethod
     def _media(item: dict) -> np.ndarray | None:

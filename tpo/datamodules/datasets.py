@@ -175,7 +175,7 @@ class MomentDataset(TaskDataset):
                              windows_s=s.windows)
         return {"task": self.task, "id": s.qid,
                 "video": resize_frames(clip.frames, self.frame_size),
-                "turns": [(prompt.instruction, prompt.answer)],
+                "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
                 "target": {"spans": span_se_to_cxw(windows).numpy(),
                            "saliency": np.asarray(saliency, dtype=np.float32)},
                 "meta": {"vid": s.vid, "duration": s.duration,
@@ -206,7 +206,7 @@ class RefDataset(TaskDataset):
                              box=np.array([x1 / w, y1 / h, x2 / w, y2 / h]))
         image = resize_frames(image[None], self.frame_size)[0]
         return {"task": self.task, "id": s.ref_id, "image": image,
-                "turns": [(prompt.instruction, prompt.answer)],
+                "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
                 "target": {"boxes": box.astype(np.float32)},
                 "meta": {"image": s.image, "frame_size": (h, w)}}
 
@@ -242,7 +242,8 @@ class TrackDataset(TaskDataset):
                              boxes=boxes)
         return {"task": self.task, "id": s.name,
                 "video": resize_frames(clip.frames, self.frame_size),
-                "turns": [(prompt.instruction, prompt.answer)], "input_boxes": boxes[:1],
+                "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
+                "input_boxes": boxes[:1],
                 "target": {"boxes": boxes, "visible": visible},
                 "meta": {"frame_size": (h, w), "timestamps": clip.timestamps,
                          "frame_indices": indices}}
@@ -276,7 +277,7 @@ class MaskDataset(TaskDataset):
         prompt = make_prompt(self.task, s.expression, seed=rng)
         return {"task": self.task, "id": s.name,
                 "video": resize_frames(clip.frames, self.frame_size),
-                "turns": [(prompt.instruction, prompt.answer)],
+                "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
                 "target": {"masks": resize_frames(masks[indices], self.frame_size)},
                 "meta": {"frame_size": clip.frames.shape[1:3], "timestamps": clip.timestamps,
                          "frame_indices": indices}}

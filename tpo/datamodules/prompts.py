@@ -50,10 +50,12 @@ DEFAULT_TARGET = {"temporal": "the event", "box": "the object", "track": "the ob
 
 @dataclass(frozen=True)
 class Prompt:
-    """One instruction and its answer (the answer is what the LM loss is taken on)."""
+    """One instruction, its answer (what the LM loss is taken on) and the query the instruction
+    names (the expression the heads read, see :class:`tpo.query.QueryWords`)."""
 
     instruction: str
     answer: str
+    query: str = ""
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -101,5 +103,5 @@ def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Ge
         fields["box"] = spec.input_token
     instruction = options[index].format(**fields)
     if textual:
-        return Prompt(instruction, textual_answer(task, **answer_values))
-    return Prompt(instruction, spec.begin_token + spec.placeholder_token)
+        return Prompt(instruction, textual_answer(task, **answer_values), query)
+    return Prompt(instruction, spec.begin_token + spec.placeholder_token, query)
