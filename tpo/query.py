@@ -17,7 +17,6 @@ instruction's paraphrase does not leak in.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
