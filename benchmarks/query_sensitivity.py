@@ -1,9 +1,11 @@
 """Does a trained model's task embedding read the query words? Trained vs untrained, in one run.
 
 For each task, held-out questions go through the backbone twice: as written, and with every
-colour word swapped for another colour. The figure is the relative change of the task
-embedding (hidden state at the task placeholder), ``|e_swapped - e| / |e|``, averaged over the
-questions; a head can only tell the two objects of a clip apart through that change. The same
+colour word swapped for another colour (in the instruction and in the query the heads read with
+``query_words``). The figure is the relative change of the task embedding a head receives (hidden
+state at the task placeholder, plus the query words where the model has them),
+``|e_swapped - e| / |e|``, averaged over the questions; a head can only tell the two objects of
+a clip apart through that change. The same
 is measured on an untrained model of the same configuration (the reference), on the same
 batches, and the ratio trained / untrained is printed per task (``query_sensitivity_ratio_<task>``):
 below 1 means training taught the LLM to ignore the words.
@@ -59,13 +61,21 @@ def sensitivity(models: dict[str, TPOModule], data_root: str, batches: int) -> d
             swapped_ids = swap_colour_words(batch["input_ids"], first.backbone.tokenizer)
             if torch.equal(swapped_ids, batch["input_ids"]):
                 continue  # no colour word (GOT-10k tracking prompts name the class only)
+            other = {**batch, "input_ids": swapped_ids}
+            if "query_ids" in batch:
+                other["query_ids"] = swap_colour_words(batch["query_ids"], first.backbone.tokenizer)
             for name, module in models.items():
-                plain = module.backbone(batch).tasks[task].embeds.float()
-                swapped = module.backbone({**batch, "input_ids": swapped_ids}).tasks[task].embeds.float()
+                plain, swapped = (head_embeddings(module, b, task) for b in (batch, other))
                 change = (swapped - plain).norm(dim=-1) / plain.norm(dim=-1)
                 changes[name].setdefault(task, []).extend(change.tolist())
     return {name: {task: sum(v) / len(v) for task, v in per_task.items()}
             for name, per_task in changes.items()}
+
+
+def head_embeddings(module: TPOModule, batch: dict, task: str) -> torch.Tensor:
+    """``(n, D)`` the task embeddings ``task``'s head receives for ``batch``."""
+    gathered = module.backbone(batch).tasks[task]
+    return module.head_embeddings(batch, gathered.embeds, gathered.batch_index).float()
 
 
 def main() -> None:

@@ -166,6 +166,7 @@ def test_targets_track_boxes_and_meta():
     box_token = tok.convert_tokens_to_ids("<track_box>")
     assert (batch["input_ids"] == box_token).sum() == batch["track_boxes"].shape[0] == 1
     np.testing.assert_allclose(batch["track_boxes"][0].numpy(), [0.3, 0.4, 0.1, 0.2])
+    assert batch["track_box_sample"].tolist() == [3]  # the track item is the fourth
     assert batch["tasks"] == ["temporal", "box", "conversation", "track", "mask", "temporal"]
     assert batch["meta"][0] == {"duration": 2.0, "id": "m0", "task": "temporal"}
     assert batch["pixel_values_videos"].shape == (5, 3, 3, 8, 8)

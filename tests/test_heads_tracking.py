@@ -136,3 +136,58 @@ def test_bf16_autocast():
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(task.grad).all()
     assert len(head.postprocess(output, [{"image_size": (8, 8)}] * B)) == B
+
+
+def test_box_window_centres_on_the_box_and_sums_to_one():
+    from tpo.heads.tracking import box_window
+
+    weights = box_window(torch.tensor([[0.125, 0.625, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]]), 4, 4)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2))
+    # box 0 covers patch (row 2, col 0) exactly: it weighs most; the next patch, 1/4 away = two
+    # standard deviations (half the box side, 1/8), weighs exp(-0.5 * 2**2) as much
+    grid = weights[0].view(4, 4)
+    assert int(grid.argmax()) == 2 * 4 + 0
+    torch.testing.assert_close(grid[2, 0] / grid[2, 1], torch.tensor(2.0).exp())
+    # a degenerate box falls back to half a patch: still a proper distribution around the centre
+    assert weights[1].view(4, 4)[1:3, 1:3].sum() > 0.9
+
+
+def test_prompt_box_steers_the_track_and_is_checked():
+    head = _head().eval()
+    task, frames, _ = _batch()
+    boxes = torch.tensor([[0.2, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 0.3, 0.3]])
+    with torch.no_grad():
+        plain = head(task, frames).boxes
+        a = head(task, frames, prompt_boxes=boxes).boxes
+        b = head(task, frames, prompt_boxes=boxes.flip(0)).boxes
+    assert not torch.allclose(plain, a) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="prompt_boxes"):
+        head(task, frames, prompt_boxes=boxes[:2])
+    with pytest.raises(ValueError, match="prompt_boxes"):
+        head(task, frames, prompt_boxes=boxes * 3)
+
+
+def test_prompt_box_gradients_reach_the_template_and_box_layers():
+    head = _head()
+    task, frames, targets = _batch()
+    frames.requires_grad_(True)
+    out = head(task, frames, prompt_boxes=targets["boxes"][:, 0])
+    sum(head.loss(out, targets).values()).backward()
+    for name in ("template_proj", "prompt_box_embed"):
+        grads = [p.grad for p in getattr(head, name).parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), name
+    assert frames.grad[:, 0].abs().sum() > 0
+
+
+def test_adapter_takes_each_samples_first_input_box():
+    from tpo.tasks import get_task_adapter
+
+    batch = {
+        "track_boxes": torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1]]),
+        "track_box_sample": torch.tensor([0, 2, 2]),
+    }
+    inputs = get_task_adapter("track").batch_inputs(batch, torch.tensor([2, 0]))
+    torch.testing.assert_close(inputs["prompt_boxes"], batch["track_boxes"][[1, 0]])
+    with pytest.raises(ValueError, match=r"tracking samples \[1\] have no input box"):
+        get_task_adapter("track").batch_inputs(batch, torch.tensor([1]))
+    assert get_task_adapter("track").batch_inputs({}, torch.tensor([0])) == {}

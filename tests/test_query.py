@@ -97,4 +97,4 @@ def test_query_words_off_leaves_task_embeddings_as_the_llm_gives_them(synthetic)
     out = module.backbone(batch)
     gathered = out.tasks["box"]
     assert module.query_words is None
-    assert torch.equal(module._with_query(batch, gathered.embeds, gathered.batch_index), gathered.embeds)
+    assert torch.equal(module.head_embeddings(batch, gathered.embeds, gathered.batch_index), gathered.embeds)

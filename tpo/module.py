@@ -243,14 +243,17 @@ class TPOModule(L.LightningModule):
             gathered = out.tasks.get(task)
             if gathered is None or len(gathered) == 0:
                 continue
-            inputs = get_task_adapter(task).head_inputs(out, gathered.batch_index, head)
-            embeds = self._with_query(batch, gathered.embeds, gathered.batch_index)
+            adapter = get_task_adapter(task)
+            inputs = adapter.head_inputs(out, gathered.batch_index, head)
+            if adapter.batch_inputs is not None:
+                inputs.update(adapter.batch_inputs(batch, gathered.batch_index))
+            embeds = self.head_embeddings(batch, gathered.embeds, gathered.batch_index)
             results[task] = (head(embeds, **inputs), gathered.batch_index)
         return results
 
-    def _with_query(self, batch: Mapping[str, Any], embeds: Tensor, index: Tensor) -> Tensor:
-        """The task embeddings ``(n, D)`` of samples ``index`` plus their query words, when
-        ``query_words`` is on."""
+    def head_embeddings(self, batch: Mapping[str, Any], embeds: Tensor, index: Tensor) -> Tensor:
+        """What the heads receive: the task embeddings ``(n, D)`` of samples ``index``, plus their
+        query words when ``query_words`` is on."""
         if self.query_words is None:
             return embeds
         if batch.get("query_ids") is None or batch.get("query_mask") is None:

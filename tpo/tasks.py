@@ -42,6 +42,8 @@ class TaskAdapter:
         score: ``(metric, predictions, targets rows, meta) -> None`` updates the metric with
             post-processed predictions; a ``None`` prediction is a miss (the model did not call
             the task).
+        batch_inputs: ``(batch, index (n,)) -> kwargs`` for ``head.forward`` taken from the batch
+            itself rather than the backbone's output (the tracker's first-frame box), or ``None``.
     """
 
     head_class: type[nn.Module]
@@ -51,6 +53,7 @@ class TaskAdapter:
     make_metric: Callable[[], Metric]
     headline: str
     score: Callable[[Metric, Sequence[Any], Mapping[str, Any], Sequence[Mapping]], None]
+    batch_inputs: Callable[[Mapping[str, Any], Tensor], dict] | None = None
 
 
 def _image_size(meta: Mapping) -> tuple[int, int]:
@@ -104,6 +107,23 @@ def _box_score(metric, preds, rows, meta) -> None:
 # ---------------------------------------------------------------------------- track
 def _track_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = None) -> dict:
     return {"frames": out.visual[index], "grid_size": out.visual_grid}
+
+
+def _track_batch_inputs(batch: Mapping[str, Any], index: Tensor) -> dict:
+    """``prompt_boxes (n, 4)``: the first input box (``<track_box>``) of each sample in ``index``;
+    nothing when the batch carries no input boxes."""
+    boxes, sample = batch.get("track_boxes"), batch.get("track_box_sample")
+    if boxes is None or sample is None or len(boxes) == 0:
+        return {}
+    sample = sample.to(index.device)
+    has_box = sample[:, None] == index[None]  # (K, n)
+    missing = ~has_box.any(0)
+    if missing.any():
+        raise ValueError(
+            f"batch: tracking samples {index[missing].tolist()} have no input box (track_boxes / "
+            "track_box_sample); a tracking question gives the target's first-frame box"
+        )
+    return {"prompt_boxes": boxes.to(index.device)[has_box.long().argmax(0)]}
 
 
 def _track_score(metric, preds, rows, meta) -> None:
@@ -163,6 +183,7 @@ TASK_ADAPTERS: dict[str, TaskAdapter] = {
         TrackingSuccess,
         "success",
         _track_score,
+        _track_batch_inputs,
     ),
     "mask": TaskAdapter(
         MaskHead, "image_dim", _mask_inputs, lambda rows: {"masks": rows["masks"]}, JAndF, "J&F", _mask_score

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
 from tpo.heads.box import grid_of
 from tpo.heads.localizer import PatchLocalizer
 from tpo.losses.boxes import TrackingCriterion
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
 
-__all__ = ["TrackingHead", "TrackingOutput", "TrackingPrediction"]
+__all__ = ["TrackingHead", "TrackingOutput", "TrackingPrediction", "box_window"]
 
 
 @dataclass
@@ -49,6 +49,28 @@ class TrackingPrediction:
     scores: Tensor
 
 
+def box_window(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Gaussian weights over a patch grid centred on each box, one standard deviation = half the
+    box side (at least half a patch).
+
+    Args:
+        boxes: ``(B, 4)`` normalised (cx, cy, w, h).
+        height, width: the patch grid.
+
+    Returns:
+        ``(B, height * width)`` weights summing to 1, row-major over the grid.
+    """
+    ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) / width
+    cx, cy, w, h = boxes.float().unbind(-1)
+    sx = (w / 2).clamp_min(0.5 / width)[:, None]
+    sy = (h / 2).clamp_min(0.5 / height)[:, None]
+    gx = ((xs[None] - cx[:, None]) / sx) ** 2  # (B, width)
+    gy = ((ys[None] - cy[:, None]) / sy) ** 2  # (B, height)
+    logits = -0.5 * (gy[:, :, None] + gx[:, None, :])
+    return logits.flatten(1).softmax(-1)
+
+
 class TrackingHead(nn.Module):
     """Per-frame queries from the task embedding, alternating spatial and temporal attention.
 
@@ -57,6 +79,11 @@ class TrackingHead(nn.Module):
     lets every query cross-attend to its own frame's tokens (2-D sine positions on the patch
     grid), then self-attend across the ``T`` queries of the clip. Heads: a box MLP with a
     sigmoid and a visibility logit.
+
+    Given ``prompt_boxes`` (the first-frame box of the question, as a tracker is given it), every
+    query also gets the target's *template*, the first frame's tokens pooled with a Gaussian
+    window over the box (a Siamese tracker's exemplar: what to look for), and the first frame's
+    query gets the box itself through an MLP (where it is).
 
     Args:
         embed_dim: ``D``, size of the task embedding.
@@ -102,12 +129,18 @@ class TrackingHead(nn.Module):
         self.spatial = block(nn.TransformerDecoderLayer)
         self.temporal = block(nn.TransformerEncoderLayer)
         self.norm = nn.LayerNorm(hidden_dim)
+        self.template_proj = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, hidden_dim))
+        self.prompt_box_embed = MLP(in_dim=4, hidden_dim=hidden_dim, out_dim=hidden_dim, num_layers=2)
         self.localizer = PatchLocalizer(hidden_dim=hidden_dim)
         self.visible_head = nn.Linear(hidden_dim, 1)
         self.criterion = criterion if criterion is not None else TrackingCriterion()
 
     def forward(
-        self, task_embeds: Tensor, frames: Tensor, grid_size: tuple[int, int] | None = None
+        self,
+        task_embeds: Tensor,
+        frames: Tensor,
+        grid_size: tuple[int, int] | None = None,
+        prompt_boxes: Tensor | None = None,
     ) -> TrackingOutput:
         """Track the object described by the task embedding.
 
@@ -115,6 +148,8 @@ class TrackingHead(nn.Module):
             task_embeds: ``(B, D)`` task embedding (LLM hidden state at the tracking token).
             frames: ``(B, T, N, D_v)`` per-frame visual tokens, row-major over the patch grid.
             grid_size: ``(h, w)`` with ``h * w = N``; default a square grid.
+            prompt_boxes: ``(B, 4)`` normalised (cx, cy, w, h) of the target in the first frame,
+                or ``None``.
         """
         sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
         sizes.update(check_shape(frames, "frames", (sizes["B"], "T", "N", "D_v")))
@@ -125,6 +160,14 @@ class TrackingHead(nn.Module):
         memory = memory + sine_position_2d(height, width, self.hidden_dim, device)
         time = sine_position_1d(length, self.hidden_dim, device)
         query = self.task_proj(task_embeds)[:, None] + time  # (B, T, hidden)
+        if prompt_boxes is not None:
+            check_shape(prompt_boxes, "prompt_boxes", (batch, 4))
+            check_normalized_boxes(prompt_boxes, "prompt_boxes")
+            first = memory.unflatten(0, (batch, length))[:, 0]  # (B, N, hidden)
+            template = (box_window(prompt_boxes, height, width)[..., None] * first).sum(1)
+            query = query + self.template_proj(template)[:, None]
+            first_frame = (torch.arange(length, device=device) == 0).to(query.dtype)[None, :, None]
+            query = query + first_frame * self.prompt_box_embed(prompt_boxes.to(query.dtype))[:, None]
         for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
             query = spatial(query.reshape(batch * length, 1, -1), memory)
             query = temporal(query.reshape(batch, length, -1))
