@@ -65,10 +65,10 @@ DEMO_MODEL: dict[str, Any] = {
 
 #: How often each task's samples are drawn (temporal grounding learns slowest, so most often).
 DEMO_TASK_WEIGHTS: dict[str, float] = {
-    "temporal": 0.35,
+    "temporal": 0.3,
     "mask": 0.25,
     "box": 0.15,
-    "track": 0.15,
+    "track": 0.2,
     "conversation": 0.10,
 }
 
@@ -131,7 +131,7 @@ def _table(metrics: dict) -> str:
 def run_demo(
     out: Path,
     *,
-    minutes: float = 7.0,
+    minutes: float = 8.0,
     n_videos: int = 300,
     seed: int = 0,
     batch_size: int = 16,
@@ -301,7 +301,7 @@ def demo_main(argv: list[str] | None = None) -> int:
         prog="tpo demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
-    parser.add_argument("--minutes", type=float, default=7.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     parser.add_argument("--videos", type=int, default=300, help="synthetic clips to write")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
