@@ -188,6 +188,6 @@ def test_adapter_takes_each_samples_first_input_box():
     }
     inputs = get_task_adapter("track").batch_inputs(batch, torch.tensor([2, 0]))
     torch.testing.assert_close(inputs["prompt_boxes"], batch["track_boxes"][[1, 0]])
-    with pytest.raises(ValueError, match=r"tracking samples \[1\] have no input box"):
-        get_task_adapter("track").batch_inputs(batch, torch.tensor([1]))
+    whole = get_task_adapter("track").batch_inputs(batch, torch.tensor([1, 0]))["prompt_boxes"]
+    torch.testing.assert_close(whole, torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.1, 0.1, 0.1, 0.1]]))
     assert get_task_adapter("track").batch_inputs({}, torch.tensor([0])) == {}
