@@ -13,7 +13,7 @@ from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_
 from tpo.heads.box import grid_of
 from tpo.heads.localizer import PatchLocalizer
 from tpo.losses.boxes import TrackingCriterion
-from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
+from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes, patch_centers
 
 __all__ = ["TrackingHead", "TrackingOutput", "TrackingPrediction", "box_window"]
 
@@ -60,15 +60,11 @@ def box_window(boxes: Tensor, height: int, width: int) -> Tensor:
     Returns:
         ``(B, height * width)`` weights summing to 1, row-major over the grid.
     """
-    ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) / width
-    cx, cy, w, h = boxes.float().unbind(-1)
-    sx = (w / 2).clamp_min(0.5 / width)[:, None]
-    sy = (h / 2).clamp_min(0.5 / height)[:, None]
-    gx = ((xs[None] - cx[:, None]) / sx) ** 2  # (B, width)
-    gy = ((ys[None] - cy[:, None]) / sy) ** 2  # (B, height)
-    logits = -0.5 * (gy[:, :, None] + gx[:, None, :])
-    return logits.flatten(1).softmax(-1)
+    centers = patch_centers(height, width, boxes.device)  # (N, 2) x, y
+    box = boxes.float()[:, None]  # (B, 1, 4)
+    sigma = torch.maximum(box[..., 2:] / 2, centers.new_tensor([0.5 / width, 0.5 / height]))
+    distance = ((centers - box[..., :2]) / sigma) ** 2  # (B, N, 2)
+    return (-0.5 * distance.sum(-1)).softmax(-1)
 
 
 class TrackingHead(nn.Module):
