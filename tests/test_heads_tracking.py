@@ -164,7 +164,29 @@ def test_prompt_box_steers_the_track_and_is_checked():
     with pytest.raises(ValueError, match="prompt_boxes"):
         head(task, frames, prompt_boxes=boxes[:2])
     with pytest.raises(ValueError, match="prompt_boxes"):
+        head(task, frames, prompt_boxes=torch.tensor([[0.2, float("nan"), 0.2, 0.2]]).expand(3, 4))
+    with pytest.raises(ValueError, match="prompt_boxes"):
         head(task, frames, prompt_boxes=boxes * 3)
+
+
+def test_first_frame_reports_the_given_box_and_a_missing_box_looks_at_the_whole_frame():
+    head = _head().eval()
+    last = head.prompt_box_embed.layers[-1]
+    with torch.no_grad():  # the box embedding off: a NaN row then differs from a whole-frame row
+        last.weight.zero_()  # only in the first frame's reported box
+        last.bias.zero_()
+    task, frames, _ = _batch()
+    boxes = torch.tensor([[0.2, 0.3, 0.2, 0.2], [float("nan")] * 4, [0.5, 0.5, 0.3, 0.3]])
+    whole_frame = torch.tensor([0.5, 0.5, 1.0, 1.0])
+    with torch.no_grad():
+        out = head(task, frames, prompt_boxes=boxes)
+        whole = head(task, frames, prompt_boxes=torch.where(boxes.isnan(), whole_frame, boxes))
+    torch.testing.assert_close(out.boxes[[0, 2], 0], boxes[[0, 2]])
+    assert not torch.allclose(out.boxes[[0, 2], 1], boxes[[0, 2]], atol=1e-3)
+    assert torch.isfinite(out.boxes).all() and torch.isfinite(out.visible).all()
+    torch.testing.assert_close(out.boxes[1, 1:], whole.boxes[1, 1:])
+    torch.testing.assert_close(whole.boxes[1, 0], whole_frame)
+    assert not torch.allclose(out.boxes[1, 0], whole_frame)
 
 
 def test_prompt_box_gradients_reach_the_template_and_box_layers():
@@ -188,6 +210,7 @@ def test_adapter_takes_each_samples_first_input_box():
     }
     inputs = get_task_adapter("track").batch_inputs(batch, torch.tensor([2, 0]))
     torch.testing.assert_close(inputs["prompt_boxes"], batch["track_boxes"][[1, 0]])
-    whole = get_task_adapter("track").batch_inputs(batch, torch.tensor([1, 0]))["prompt_boxes"]
-    torch.testing.assert_close(whole, torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.1, 0.1, 0.1, 0.1]]))
+    missing = get_task_adapter("track").batch_inputs(batch, torch.tensor([1, 0]))["prompt_boxes"]
+    assert missing[0].isnan().all()
+    torch.testing.assert_close(missing[1], batch["track_boxes"][0])
     assert get_task_adapter("track").batch_inputs({}, torch.tensor([0])) == {}

@@ -111,16 +111,15 @@ def _track_inputs(out: BackboneOutput, index: Tensor, head: nn.Module | None = N
 
 def _track_batch_inputs(batch: Mapping[str, Any], index: Tensor) -> dict:
     """``prompt_boxes (n, 4)``: the first input box (``<track_box>``) of each sample in ``index``,
-    the whole frame ``(0.5, 0.5, 1, 1)`` for a sample without one (a generated tracking call on a
-    question that gave no box); nothing when the batch carries no input boxes."""
+    NaN for a sample without one (a generated tracking call on a question that gave no box: the
+    head then looks at the whole first frame); nothing when the batch carries no input boxes."""
     boxes, sample = batch.get("track_boxes"), batch.get("track_box_sample")
     if boxes is None or sample is None or len(boxes) == 0:
         return {}
     sample, boxes = sample.to(index.device), boxes.to(index.device)
     has_box = sample[:, None] == index[None]  # (K, n)
-    whole = boxes.new_tensor([0.5, 0.5, 1.0, 1.0]).expand(len(index), 4)
     first = boxes[has_box.long().argmax(0)]
-    return {"prompt_boxes": torch.where(has_box.any(0)[:, None], first, whole)}
+    return {"prompt_boxes": torch.where(has_box.any(0)[:, None], first, float("nan"))}
 
 
 def _track_score(metric, preds, rows, meta) -> None:

@@ -17,6 +17,9 @@ from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes, patch_centers
 
 __all__ = ["TrackingHead", "TrackingOutput", "TrackingPrediction", "box_window"]
 
+_WHOLE_FRAME = (0.5, 0.5, 1.0, 1.0)
+"""Normalised (cx, cy, w, h) of the whole frame: the template window of a sample without a box."""
+
 
 @dataclass
 class TrackingOutput:
@@ -79,7 +82,9 @@ class TrackingHead(nn.Module):
     Given ``prompt_boxes`` (the first-frame box of the question, as a tracker is given it), every
     query also gets the target's *template*, the first frame's tokens pooled with a Gaussian
     window over the box (a Siamese tracker's exemplar: what to look for), and the first frame's
-    query gets the box itself through an MLP (where it is).
+    query gets the box itself through an MLP (where it is). The first frame's output box is then
+    the given box, as trackers report it (the GOT-10k toolkit's ``Tracker.track`` and pytracking
+    both return the initial box for frame 0).
 
     Args:
         embed_dim: ``D``, size of the task embedding.
@@ -145,7 +150,8 @@ class TrackingHead(nn.Module):
             frames: ``(B, T, N, D_v)`` per-frame visual tokens, row-major over the patch grid.
             grid_size: ``(h, w)`` with ``h * w = N``; default a square grid.
             prompt_boxes: ``(B, 4)`` normalised (cx, cy, w, h) of the target in the first frame,
-                or ``None``.
+                or ``None``; a row of NaN where a sample has no box (its template is the whole
+                first frame and its first-frame box is predicted).
         """
         sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
         sizes.update(check_shape(frames, "frames", (sizes["B"], "T", "N", "D_v")))
@@ -156,21 +162,29 @@ class TrackingHead(nn.Module):
         memory = memory + sine_position_2d(height, width, self.hidden_dim, device)
         time = sine_position_1d(length, self.hidden_dim, device)
         query = self.task_proj(task_embeds)[:, None] + time  # (B, T, hidden)
+        first_frame = (torch.arange(length, device=device) == 0)[None, :, None]  # (1, T, 1)
+        given = None
         if prompt_boxes is not None:
             check_shape(prompt_boxes, "prompt_boxes", (batch, 4))
-            check_normalized_boxes(prompt_boxes, "prompt_boxes")
+            given = ~prompt_boxes.isnan().all(-1)  # (B,)
+            check_normalized_boxes(prompt_boxes, "prompt_boxes", valid=given)
+            window_boxes = torch.where(given[:, None], prompt_boxes, prompt_boxes.new_tensor(_WHOLE_FRAME))
             first = memory.unflatten(0, (batch, length))[:, 0]  # (B, N, hidden)
-            template = (box_window(prompt_boxes, height, width)[..., None] * first).sum(1)
+            template = (box_window(window_boxes, height, width)[..., None] * first).sum(1)
             query = query + self.template_proj(template)[:, None]
-            first_frame = (torch.arange(length, device=device) == 0).to(query.dtype)[None, :, None]
-            query = query + first_frame * self.prompt_box_embed(prompt_boxes.to(query.dtype))[:, None]
+            box_embed = self.prompt_box_embed(window_boxes.to(query.dtype)) * given[:, None]
+            query = query + first_frame * box_embed[:, None]
         for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
             query = spatial(query.reshape(batch * length, 1, -1), memory)
             query = temporal(query.reshape(batch, length, -1))
         query = self.norm(query)
         boxes, logits = self.localizer(query.flatten(0, 1), memory, (height, width))
+        boxes = boxes.unflatten(0, (batch, length))
+        if given is not None:
+            keep_given = first_frame & given[:, None, None]
+            boxes = torch.where(keep_given, prompt_boxes[:, None].to(boxes.dtype), boxes)
         return TrackingOutput(
-            boxes=boxes.unflatten(0, (batch, length)),
+            boxes=boxes,
             visible=self.visible_head(query)[..., 0],
             patch_logits=logits.unflatten(0, (batch, length)),
             grid_size=(height, width),
