@@ -86,7 +86,7 @@ def test_check_normalized_boxes():
     check_normalized_boxes(bad, "targets['boxes']", valid=torch.tensor([True, False]))
 
 
-def test_patch_targets_spread_over_the_patches_inside_the_box():
+def test_patch_targets_weigh_each_patch_by_the_box_area_it_covers():
     from tpo.ops.boxes import patch_centers, patch_targets
 
     centers = patch_centers(2, 4)
@@ -95,9 +95,21 @@ def test_patch_targets_spread_over_the_patches_inside_the_box():
     # a box over the two left patches of the top row (centres x=0.125, 0.375; y=0.25)
     target = patch_targets(torch.tensor([[0.25, 0.25, 0.5, 0.5]]), (2, 4))
     assert torch.allclose(target, torch.tensor([[0.5, 0.5, 0, 0, 0, 0, 0, 0]]))
-    # a box too small to hold a patch centre falls back to the patch holding its centre
-    target = patch_targets(torch.tensor([[0.9, 0.9, 0.01, 0.01]]), (2, 4))
-    assert target[0].argmax() == 7 and target.sum() == 1
+    # x in [0.165, 0.435] covers 0.085 of column 0 and 0.185 of column 1; y in [0.435, 0.765]
+    # covers 0.065 of row 0 and 0.265 of row 1; the box's area is 0.27 * 0.33
+    target = patch_targets(torch.tensor([[0.3, 0.6, 0.27, 0.33]]), (2, 4))
+    expected = torch.zeros(2, 4)
+    expected[:, :2] = torch.tensor([[0.065], [0.265]]) * torch.tensor([0.085, 0.185]) / (0.27 * 0.33)
+    torch.testing.assert_close(target, expected.flatten()[None])
+    # a small box lies inside one patch; a degenerate one falls back to the patch of its centre
+    target = patch_targets(torch.tensor([[0.9, 0.9, 0.01, 0.01], [0.1, 0.9, 0.0, 0.2]]), (2, 4))
+    assert target[0, 7] == 1 and target[1, 4] == 1 and torch.allclose(target.sum(-1), torch.ones(2))
+    # the box centre is the targets' mean patch centre to within a tenth of a patch
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.cat((torch.rand(500, 2, generator=generator) * 0.5 + 0.25,
+                       torch.rand(500, 2, generator=generator) * 0.2 + 0.1), -1)
+    mean = patch_targets(boxes, (8, 8)) @ patch_centers(8, 8)
+    assert ((mean - boxes[:, :2]).abs() * 8).max() < 0.1
 
 
 def test_patch_kl_loss_is_zero_exactly_at_the_target_and_ignores_invalid_rows():

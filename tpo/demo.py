@@ -66,9 +66,9 @@ DEMO_MODEL: dict[str, Any] = {
 #: How often each task's samples are drawn (temporal grounding learns slowest, so most often).
 DEMO_TASK_WEIGHTS: dict[str, float] = {
     "temporal": 0.3,
-    "mask": 0.25,
+    "mask": 0.2,
     "box": 0.15,
-    "track": 0.2,
+    "track": 0.25,
     "conversation": 0.10,
 }
 

@@ -32,8 +32,9 @@ class BoxCriterion(nn.Module):
 
     Terms: ``loss_bbox`` (L1 summed over the 4 coordinates, mean over boxes) and
     ``loss_giou`` (``1 - GIoU``, mean over boxes), both already weighted; with patch scores
-    also ``loss_patch`` (weight 1): KL from the uniform distribution over the patches inside the
-    target box to the softmax of the scores (:func:`tpo.heads.localizer.patch_kl_loss`).
+    also ``loss_patch`` (weight 1, :func:`patch_kl_loss`): KL from the target box's distribution
+    over the patches (each patch weighs the box area it covers, :func:`tpo.ops.boxes.patch_targets`)
+    to the softmax of the scores.
     """
 
     def __init__(self, *, weight_l1: float = 5.0, weight_giou: float = 2.0, weight_patch: float = 1.0):

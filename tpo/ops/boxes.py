@@ -146,17 +146,23 @@ def patch_centers(height: int, width: int, device: torch.device | None = None) -
 def patch_targets(boxes: Tensor, grid_size: tuple[int, int]) -> Tensor:
     """``(..., 4)`` normalised cxcywh boxes -> ``(..., N)`` target distribution over patches.
 
-    Uniform over the patches whose centre lies in the box; a box too small to hold a patch
-    centre puts all the mass on the patch that holds its centre.
+    Each patch weighs the area of the box it covers (the box clipped to the image), so the mean
+    of the patch centres under the target lies within a small fraction of a patch of the box
+    centre, while a box edge inside a patch is still told apart. A degenerate box (no area
+    inside the image) puts all the mass on the patch that holds its centre.
     """
     height, width = grid_size
-    centers = patch_centers(height, width, boxes.device)  # (N, 2)
-    box = boxes.float()[..., None, :]
-    inside = ((centers[:, 0] - box[..., 0]).abs() <= box[..., 2] / 2) & (
-        (centers[:, 1] - box[..., 1]).abs() <= box[..., 3] / 2
-    )
+    box = box_cxcywh_to_xyxy(boxes.float()).clamp(0, 1)[..., None, :]  # (..., 1, 4)
+
+    def overlap(low: Tensor, high: Tensor, cells: int) -> Tensor:  # (..., cells)
+        edges = torch.arange(cells + 1, device=boxes.device, dtype=torch.float32) / cells
+        return (torch.minimum(high, edges[1:]) - torch.maximum(low, edges[:-1])).clamp(min=0)
+
+    cover_x = overlap(box[..., 0], box[..., 2], width)  # (..., w)
+    cover_y = overlap(box[..., 1], box[..., 3], height)  # (..., h)
+    cover = (cover_y[..., :, None] * cover_x[..., None, :]).flatten(-2)  # (..., h * w) row-major
     col = (boxes[..., 0] * width).long().clamp(0, width - 1)
     row = (boxes[..., 1] * height).long().clamp(0, height - 1)
-    fallback = F.one_hot(row * width + col, height * width).bool()
-    inside = torch.where(inside.any(-1, keepdim=True), inside, fallback)
-    return inside.float() / inside.sum(-1, keepdim=True)
+    fallback = F.one_hot(row * width + col, height * width).float()
+    total = cover.sum(-1, keepdim=True)
+    return torch.where(total > 0, cover / total.clamp(min=1e-12), fallback)
