@@ -106,7 +106,7 @@ def _runwise_reference(plains, ids, ind):
             end = start
             while end < len(row) and row[end] == row[start]:
                 end += 1
-            step = plains[row[start]](input_ids=ids[b:b + 1, start:end], past_key_values=cache,
+            step = plains[row[start]](input_ids=ids[b:b + 1, start:end], cache=cache,
                                       use_cache=True)
             pieces.append(step.logits)
             start = end
@@ -182,15 +182,16 @@ def test_manual_cache_steps_equal_full_recomputation():
     ma = ModalityAdaptive.wrap(model)
     _perturb_visual(ma)
     ids, mixed = _mixed_batch()
+    mixed[:, 0] = 1  # a visual first token: a cached step read as offset 0 would take its branch
     steps = 4
     with torch.no_grad(), ma.indicators(mixed):
         out = model(input_ids=ids, use_cache=True)
-        cache, seq, step_logits = out.past_key_values, ids, [out.logits[:, -1]]
+        cache, seq, step_logits = out.cache, ids, [out.logits[:, -1]]
         for _ in range(steps):
             nxt = step_logits[-1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=nxt, cache=cache, use_cache=True)
+            cache = out.cache
             step_logits.append(out.logits[:, -1])
         full = model(input_ids=seq).logits  # indicators cover the prompt; the rest is text
     expected = full[:, ids.shape[1] - 1:]

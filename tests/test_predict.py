@@ -360,3 +360,55 @@ def test_bad_inputs_name_what_is_wrong(plain, tmp_path):
         plain.predict_batch([video], ["a", "b"])
     with pytest.raises(FileNotFoundError, match=r"tpo_predictor\.json.*heads\.safetensors"):
         Predictor.from_pretrained(tmp_path)
+
+
+@pytest.mark.slow
+def test_loaded_predictor_is_frozen_and_keeps_no_autograd_state(trained, tmp_path):
+    _, predictor, items = trained
+    predictor.save_pretrained(tmp_path / "predictor")
+    restored = Predictor.from_pretrained(tmp_path / "predictor")
+    trainable = [n for n, p in restored.module.named_parameters() if p.requires_grad]
+    assert trainable == []
+    media, question, box = _inputs(items[4])
+    answer = restored.predict(media, question, box=box)
+    assert answer.task == "track"
+    assert not answer.track.requires_grad and answer.track.grad_fn is None
+
+
+@pytest.mark.slow
+def test_task_gather_positions_index_the_hidden_states_they_come_from(trained, monkeypatch):
+    module, predictor, items = trained
+    seen = []
+    run_heads = module.run_heads
+
+    def spy(batch, out):
+        for gathered in out.tasks.values():
+            torch.testing.assert_close(out.hidden_states[gathered.batch_index, gathered.position],
+                                       gathered.embeds, rtol=0, atol=0)
+            seen.extend(gathered.batch_index.tolist())
+        return run_heads(batch, out)
+
+    monkeypatch.setattr(module, "run_heads", spy)
+    media, questions, boxes = zip(*(_inputs(item) for item in items), strict=True)
+    predictor.predict_batch(list(media), list(questions), boxes=list(boxes))
+    assert sorted(seen) == [i for i, task in enumerate(ITEM_TASKS) if task is not None]
+
+
+@pytest.mark.slow
+def test_a_boxless_tracking_call_gives_the_same_track_alone_and_beside_a_boxed_one(trained):
+    """A tracking call on a question without a box (as a generated call can be) reads the whole
+    first frame as its template whether or not a batchmate has a box."""
+    module, predictor, items = trained
+    spec = get_task_spec("track")
+    media, question, box = _inputs(items[4])
+    boxless = predictor.make_item(media, "Follow the red circle through the video.")
+    boxed = predictor.make_item(media, question, box)
+    for item in (boxless, boxed):
+        item["turns"] = [(item["turns"][0][0], spec.begin_token + spec.placeholder_token)]
+    collate = TaskCollator.from_backbone(module.backbone)
+    with torch.no_grad():
+        (alone,) = module.predict_step(collate([boxless]), 0)
+        together = module.predict_step(collate([boxless, boxed]), 0)
+    assert alone["task"] == together[0]["task"] == "track"
+    torch.testing.assert_close(alone["prediction"].boxes_xywh, together[0]["prediction"].boxes_xywh,
+                               rtol=1e-5, atol=1e-4)

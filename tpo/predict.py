@@ -58,7 +58,11 @@ PREDICTOR_CONFIG = "tpo_predictor.json"
 HEAD_TASKS = ("temporal", "box", "track", "mask")
 BACKBONE_DIR, HEADS_DIR = "backbone", "heads"
 _UNSUPPORTED_GENERATE = ("num_beams", "num_return_sequences", "eos_token_id", "pad_token_id",
-                         "return_dict_in_generate", "input_ids", "attention_mask", "past_key_values")
+                         "return_dict_in_generate", "input_ids", "attention_mask", "cache",
+                         "past_key_values")
+
+_PLACEHOLDER_STEP = 1
+"""Where the placeholder token sits in :meth:`Predictor._task_step`'s two-token step."""
 
 Media = Any  # a path, a PIL image, an (H, W, 3) or (T, H, W, 3) uint8 array / tensor
 
@@ -252,7 +256,11 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> Predictor:
         """Load a folder written by :meth:`save_pretrained`: the backbone, then the heads (and LoRA)
-        attached with :meth:`TPOModule.from_heads`. ``overrides`` replace saved predictor options."""
+        attached with :meth:`TPOModule.from_heads`. ``overrides`` replace saved predictor options.
+
+        The loaded module is for inference: every parameter is frozen (``requires_grad=False``),
+        so no autograd state is kept and the heads take the same kernels as the frozen module that
+        was saved (a trainable parameter changes ATen's matmul path even under ``no_grad``)."""
         directory = Path(directory)
         needed = [
             directory / PREDICTOR_CONFIG,
@@ -269,7 +277,7 @@ class Predictor:
         config = json.loads((directory / PREDICTOR_CONFIG).read_text())
         config["chat"] = ChatFormat(**config["chat"])
         backbone = Backbone.from_pretrained(directory / BACKBONE_DIR)
-        module = TPOModule.from_heads(directory / HEADS_DIR, backbone)
+        module = TPOModule.from_heads(directory / HEADS_DIR, backbone).requires_grad_(False)
         return cls(module, **{**config, **overrides})
 
     # ------------------------------------------------------------------ inputs
@@ -405,11 +413,10 @@ class Predictor:
             out = self._task_step(cache, new, batch["attention_mask"], stop_at, task_index)
             out.visual, out.visual_mask, out.frames = visual, visual_mask, frames
             out.visual_grid = self.backbone._grid(visual.shape[2])
-            position = batch["input_ids"].shape[1] + new.shape[1]
             for t, name in enumerate(self.backbone.task_tokens.task_names):
                 rows = (calls & (task_index == t)).nonzero().flatten()
-                embeds = out.hidden_states[rows, 1]
-                out.tasks[name] = TaskGather(embeds, rows, torch.full_like(rows, position))
+                position = torch.full_like(rows, _PLACEHOLDER_STEP)
+                out.tasks[name] = TaskGather(out.hidden_states[rows, position], rows, position)
             predictions = self._run_heads(batch, out)
         return [self._make_answer(new[b, : int(stop_at[b]) + 1], meta, *predictions.get(b, (None, None)))
                 for b, meta in enumerate(batch["meta"])]
@@ -451,14 +458,14 @@ class Predictor:
         generated = backbone.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
-            past_key_values=prefill.past_key_values,
+            cache=prefill.cache,
             eos_token_id=[eos, *tokens.begin_ids.tolist()],
             pad_token_id=pad,
             return_dict_in_generate=True,
             **kwargs,
         )
         new = generated.sequences[:, input_ids.shape[1]:]
-        cache = generated.past_key_values
+        cache = generated.cache
         if cache.get_seq_length() != input_ids.shape[1] + new.shape[1] - 1:
             raise RuntimeError(
                 f"generate returned a cache of {cache.get_seq_length()} tokens for a prompt of "
@@ -494,7 +501,7 @@ class Predictor:
             input_ids=step_ids,
             attention_mask=full_mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             output_hidden_states=True,
             return_dict=True,

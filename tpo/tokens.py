@@ -110,7 +110,8 @@ class TaskGather:
     Attributes:
         embeds: ``(N, D)`` hidden states, in row-major order of (sample, position).
         batch_index: ``(N,)`` long, the sample each row comes from.
-        position: ``(N,)`` long, the sequence position of each row.
+        position: ``(N,)`` long, the sequence position of each row in the hidden states it was
+            gathered from: ``embeds == hidden_states[batch_index, position]``.
     """
 
     embeds: Tensor

@@ -380,7 +380,9 @@ class ModalityAdaptive:
             if tokens is None:
                 self._state.routing = None
                 return
-            past = bound.get("past_key_values")
+            past = bound.get("cache")  # transformers >= 5.24 (``past_key_values`` before)
+            if past is None:
+                past = bound.get("past_key_values")
             offset = past.get_seq_length() if past is not None else 0
             self._state.routing = self._state.make_routing(
                 tokens.shape[0], tokens.shape[1], offset=offset, device=tokens.device

@@ -149,9 +149,10 @@ class TrackingHead(nn.Module):
             task_embeds: ``(B, D)`` task embedding (LLM hidden state at the tracking token).
             frames: ``(B, T, N, D_v)`` per-frame visual tokens, row-major over the patch grid.
             grid_size: ``(h, w)`` with ``h * w = N``; default a square grid.
-            prompt_boxes: ``(B, 4)`` normalised (cx, cy, w, h) of the target in the first frame,
-                or ``None``; a row of NaN where a sample has no box (its template is the whole
-                first frame and its first-frame box is predicted).
+            prompt_boxes: ``(B, 4)`` normalised (cx, cy, w, h) of the target in the first frame;
+                a row of NaN where a sample has no box (its template is the whole first frame and
+                its first-frame box is predicted). ``None`` is a NaN row for every sample, so a
+                sample's output never depends on whether its batchmates have boxes.
         """
         sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
         sizes.update(check_shape(frames, "frames", (sizes["B"], "T", "N", "D_v")))
@@ -163,26 +164,25 @@ class TrackingHead(nn.Module):
         time = sine_position_1d(length, self.hidden_dim, device)
         query = self.task_proj(task_embeds)[:, None] + time  # (B, T, hidden)
         first_frame = (torch.arange(length, device=device) == 0)[None, :, None]  # (1, T, 1)
-        given = None
-        if prompt_boxes is not None:
-            check_shape(prompt_boxes, "prompt_boxes", (batch, 4))
-            given = ~prompt_boxes.isnan().all(-1)  # (B,)
-            check_normalized_boxes(prompt_boxes, "prompt_boxes", valid=given)
-            window_boxes = torch.where(given[:, None], prompt_boxes, prompt_boxes.new_tensor(_WHOLE_FRAME))
-            first = memory.unflatten(0, (batch, length))[:, 0]  # (B, N, hidden)
-            template = (box_window(window_boxes, height, width)[..., None] * first).sum(1)
-            query = query + self.template_proj(template)[:, None]
-            box_embed = self.prompt_box_embed(window_boxes.to(query.dtype)) * given[:, None]
-            query = query + first_frame * box_embed[:, None]
+        if prompt_boxes is None:
+            prompt_boxes = frames.new_full((batch, 4), float("nan"))
+        check_shape(prompt_boxes, "prompt_boxes", (batch, 4))
+        given = ~prompt_boxes.isnan().all(-1)  # (B,)
+        check_normalized_boxes(prompt_boxes, "prompt_boxes", valid=given)
+        window_boxes = torch.where(given[:, None], prompt_boxes, prompt_boxes.new_tensor(_WHOLE_FRAME))
+        first = memory.unflatten(0, (batch, length))[:, 0]  # (B, N, hidden)
+        template = (box_window(window_boxes, height, width)[..., None] * first).sum(1)
+        query = query + self.template_proj(template)[:, None]
+        box_embed = self.prompt_box_embed(window_boxes.to(query.dtype)) * given[:, None]
+        query = query + first_frame * box_embed[:, None]
         for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
             query = spatial(query.reshape(batch * length, 1, -1), memory)
             query = temporal(query.reshape(batch, length, -1))
         query = self.norm(query)
         boxes, logits = self.localizer(query.flatten(0, 1), memory, (height, width))
         boxes = boxes.unflatten(0, (batch, length))
-        if given is not None:
-            keep_given = first_frame & given[:, None, None]
-            boxes = torch.where(keep_given, prompt_boxes[:, None].to(boxes.dtype), boxes)
+        keep_given = first_frame & given[:, None, None]
+        boxes = torch.where(keep_given, prompt_boxes[:, None].to(boxes.dtype), boxes)
         return TrackingOutput(
             boxes=boxes,
             visible=self.visible_head(query)[..., 0],
