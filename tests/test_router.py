@@ -312,3 +312,108 @@ def test_an_answer_with_two_calls_goes_to_the_first_only():
         (result,) = router.route(texts=["<seg_begin>dog<seg> and <box_begin>cat<boxes>"])
     assert seen == ["mask"]
     assert (result.route, result.call.task, result.text) == ("symbolic", "mask", "and")
+
+
+# ---------------------------------------------------------------------- head outputs per sample
+def test_aux_layers_are_split_per_sample_not_by_layer(tokenizer):
+    """Two routed samples and two auxiliary decoder layers: ``aux`` stays a list of layers."""
+    heads = pytest.importorskip("tpo.heads", reason="the heads package is optional for the router")
+    torch.manual_seed(0)
+    head = heads.TemporalGroundingHead(embed_dim=HIDDEN, video_dim=8, num_queries=3, hidden_dim=16,
+                                       num_heads=2, num_encoder_layers=1, num_decoder_layers=3,
+                                       dim_feedforward=32, dropout=0.0).eval()
+    router = TaskRouter(tokenizer=tokenizer, targets={"temporal": HeadTarget(head, inputs=("video",))})
+    ids, hidden = _batch(tokenizer, ["<time_begin>a<temp>", "text", "<time_begin>b<temp>"])
+    video = torch.randn(3, 5, 8)
+    results = router.route(sequences=ids, hidden_states=hidden, inputs={"video": video})
+    assert [r.route for r in results] == ["latent", "text", "latent"]
+    position = (ids[[0, 2]] == tokenizer.get_vocab()["<temp>"]).int().argmax(1)
+    batched = head(hidden[[0, 2], position], video[[0, 2]])
+    assert len(batched.aux) == 2  # == the number of routed samples
+    for j, i in enumerate([0, 2]):
+        out = results[i].output
+        assert out.spans.shape == (3, 2) and out.logits.shape == (3,)
+        assert torch.allclose(out.spans, batched.spans[j])
+        assert len(out.aux) == len(batched.aux)
+        for (spans, logits), (all_spans, all_logits) in zip(out.aux, batched.aux, strict=True):
+            assert spans.shape == (3, 2) and logits.shape == (3,)
+            assert torch.allclose(spans, all_spans[j]) and torch.allclose(logits, all_logits[j])
+
+
+class _ListHead(nn.Module):
+    """A head returning ``{"layers": [(N, 2), (N, 2)]}`` or, with ``per_sample``, one item per sample."""
+
+    def __init__(self, per_sample: int | None = None):
+        super().__init__()
+        self.per_sample = per_sample
+
+    def forward(self, task_embeds):
+        if self.per_sample is not None:
+            return [f"item {k}" for k in range(self.per_sample)]
+        return {"layers": [task_embeds[:, :2], task_embeds[:, 2:4]], "scale": (3, 4)}
+
+
+def test_nested_lists_are_containers_and_a_returned_list_is_per_sample(tokenizer):
+    ids, hidden = _batch(tokenizer, ["<box_begin>a<boxes>", "<box_begin>b<boxes>"])
+    router = TaskRouter(tokenizer=tokenizer, targets={"box": HeadTarget(_ListHead())})
+    results = router.route(sequences=ids, hidden_states=hidden)
+    position = (ids[1] == tokenizer.get_vocab()["<boxes>"]).nonzero()[0, 0]
+    out = results[1].output
+    assert isinstance(out["layers"], list) and len(out["layers"]) == 2 and out["scale"] == (3, 4)
+    assert torch.equal(out["layers"][0], hidden[1, position, :2])
+    assert torch.equal(out["layers"][1], hidden[1, position, 2:4])
+    router = TaskRouter(tokenizer=tokenizer, targets={"box": HeadTarget(_ListHead(per_sample=2))})
+    assert [r.output for r in router.route(sequences=ids, hidden_states=hidden)] == ["item 0", "item 1"]
+    router = TaskRouter(tokenizer=tokenizer, targets={"box": HeadTarget(_ListHead(per_sample=3))})
+    with pytest.raises(ValueError, match="3 items for 2 routed samples"):
+        router.route(sequences=ids, hidden_states=hidden)
+
+
+# ---------------------------------------------------------------------- literal task-token text
+def _literal_ids(base_tokenizer, tokenizer, text):
+    """Ordinary sub-word ids (from the tokenizer without task tokens) that decode to ``text``."""
+    ids = base_tokenizer(text, add_special_tokens=False).input_ids
+    task_ids = {tokenizer.get_vocab()[t] for name in ("temporal", "box", "track", "mask")
+                for t in tpo.tokens.get_task_spec(name).tokens}
+    assert len(ids) > 1 and not task_ids & set(ids)
+    assert tokenizer.decode(ids) == text
+    return ids
+
+
+def test_literal_task_token_text_before_a_call_is_just_text(base_tokenizer, tokenizer):
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    head = nn.Linear(HIDDEN, 4)
+    router = TaskRouter(tokenizer=tokenizer, targets={"temporal": HeadTarget(head)})
+    ids = _literal_ids(base_tokenizer, tokenizer, "<temp>") + encode(" then <time_begin>when it moves<temp>")
+    parsed = router.parse_ids(ids)
+    assert parsed.errors == []
+    (call,) = parsed.calls
+    assert (call.task, call.span, call.position) == ("temporal", "when it moves", len(ids) - 1)
+    assert parsed.text == "<temp> then" and parsed.plain == "<temp> then when it moves"
+    # within a batch: nothing raises, the sample still goes to its head
+    plain = encode("just text")
+    pad = tokenizer.pad_token_id
+    sequences = torch.tensor([ids, plain + [pad] * (len(ids) - len(plain))])
+    hidden = torch.randn(*sequences.shape, HIDDEN)
+    results = router.route(sequences=sequences, hidden_states=hidden)
+    assert [r.route for r in results] == ["latent", "text"]
+    assert torch.allclose(results[0].output, head(hidden[0, -1]))
+
+
+@pytest.mark.parametrize("literal", ["<boxes>", "<box_begin>", "<temp>", "<time_begin>"])
+def test_literal_task_token_text_inside_a_call_is_span_text(base_tokenizer, tokenizer, literal):
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    router = TaskRouter(tokenizer=tokenizer)
+    ids = (encode("<box_begin>the") + _literal_ids(base_tokenizer, tokenizer, f" {literal}")
+           + encode(" cat [0.1, 0.2, 0.3, 0.4]<boxes> ok"))
+    parsed = router.parse_ids(ids)
+    assert parsed.errors == []
+    (call,) = parsed.calls
+    assert call.span == f"the {literal} cat"
+    assert call.regions == (pytest.approx((0.1, 0.2, 0.3, 0.4)),)
+    assert call.position == ids.index(tokenizer.get_vocab()["<boxes>"])
+    assert parsed.text == "ok"

@@ -56,6 +56,14 @@ class RouterWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class _Token:
+    """A task token found in an answer: its text and, for token ids, its index in them."""
+
+    text: str
+    position: int | None
+
+
+@dataclass(frozen=True)
 class TaskCall:
     """One task call parsed from (or to be written into) a model's answer.
 
@@ -131,6 +139,10 @@ class HeadTarget:
         head: a differentiable module (e.g. :class:`tpo.heads.BoxHead`).
         inputs: names of per-sample inputs (keys of ``TaskRouter.route(inputs=...)``) passed to the
             head as keyword arguments, indexed at the routed samples (``visual`` -> ``visual=...``).
+
+    The head's output is split per sample by its structure: tensors ``(N, ...)``, possibly inside
+    dataclasses, mappings, tuples or lists (e.g. per decoder layer), are indexed at the sample;
+    a *list returned by the head itself* holds one item per sample (its length must be ``N``).
     """
 
     route = "latent"
@@ -254,11 +266,20 @@ class TaskRouter:
         placeholder without its begin token, another task's placeholder, a region that is not
         four numbers) are reported in :attr:`ParsedOutput.errors`, never raised.
         """
-        return self._parse(text, positions=None)
+        pattern = self._token_pattern()
+        pieces: list[str | _Token] = []
+        cursor = 0
+        for match in pattern.finditer(text):
+            pieces += [text[cursor:match.start()], _Token(match.group(), None)]
+            cursor = match.end()
+        pieces.append(text[cursor:])
+        return self._parse(pieces)
 
     def parse_ids(self, ids: Sequence[int] | Tensor) -> ParsedOutput:
         """Parse an answer's token ids ``(L,)``; calls carry the placeholder's position in ``ids``.
 
+        Calls are found from the task tokens' *ids*; the ids between them are decoded as text, so
+        ordinary sub-word ids that merely spell a task token (``"<", "temp", ">"``) stay text.
         Special tokens other than task tokens (padding, end of sequence) are dropped from the text.
         """
         if self.tokenizer is None:
@@ -266,58 +287,71 @@ class TaskRouter:
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
         if ids and isinstance(ids[0], list):
             raise ValueError(f"ids: expected one sequence (L,), got a batch of {len(ids)}")
-        vocab = self.tokenizer.get_vocab()
-        task_tokens = {vocab[tok]: tok for spec in self._specs().values()
-                       for tok in (spec.begin_token, spec.placeholder_token) if tok in vocab}
-        pieces, positions, segment = [], [], []
+        task_tokens = self._task_token_ids()
+        pieces: list[str | _Token] = []
+        segment: list[int] = []
         for pos, token_id in enumerate(ids):
             if token_id in task_tokens:
-                pieces.append(self.tokenizer.decode(segment, skip_special_tokens=True))
-                pieces.append(task_tokens[token_id])
-                positions.append(pos)
+                pieces += [self._decode(segment), _Token(task_tokens[token_id], pos)]
                 segment = []
             else:
                 segment.append(token_id)
-        pieces.append(self.tokenizer.decode(segment, skip_special_tokens=True))
-        return self._parse("".join(pieces), positions=positions)
+        pieces.append(self._decode(segment))
+        return self._parse(pieces)
 
-    def _parse(self, text: str, positions: list[int] | None) -> ParsedOutput:
-        specs = self._specs()
-        role = {}
-        for spec in specs.values():
-            role[spec.begin_token] = ("begin", spec)
-            role[spec.placeholder_token] = ("placeholder", spec)
-        pattern = re.compile("|".join(re.escape(t) for t in sorted(role, key=len, reverse=True)))
+    def _task_token_ids(self) -> dict[int, str]:
+        """``{token id: token text}`` of the begin and placeholder tokens in the tokenizer."""
+        vocab = self.tokenizer.get_vocab()
+        return {vocab[tok]: tok for spec in self._specs().values()
+                for tok in (spec.begin_token, spec.placeholder_token) if tok in vocab}
+
+    def _decode(self, segment: list[int]) -> str:
+        """The text of ``segment`` ``(L,)`` ids without task tokens, special tokens dropped."""
+        return self.tokenizer.decode(segment, skip_special_tokens=True) if segment else ""
+
+    def _roles(self) -> dict[str, tuple[str, TaskSpec]]:
+        """``{token text: ("begin" | "placeholder", spec)}`` of every recognised task."""
+        roles = {}
+        for spec in self._specs().values():
+            roles[spec.begin_token] = ("begin", spec)
+            roles[spec.placeholder_token] = ("placeholder", spec)
+        return roles
+
+    def _token_pattern(self) -> re.Pattern[str]:
+        """A regex of the task tokens' texts, longest first (for parsing plain text)."""
+        return re.compile("|".join(re.escape(t) for t in sorted(self._roles(), key=len, reverse=True)))
+
+    def _parse(self, pieces: Sequence[str | _Token]) -> ParsedOutput:
+        """Parse an answer split into text pieces and task tokens, in order."""
+        roles = self._roles()
         calls, errors, outside = [], [], []
-        cursor, open_ = 0, None  # open_: (spec, end of the begin token)
-        for k, match in enumerate(pattern.finditer(text)):
-            kind, spec = role[match.group()]
+        open_: tuple[TaskSpec, list[str]] | None = None  # the open call's spec and body pieces
+        for piece in pieces:
+            if isinstance(piece, str):
+                (outside if open_ is None else open_[1]).append(piece)
+                continue
+            kind, spec = roles[piece.text]
             if open_ is None:
-                outside.append(text[cursor:match.start()])
                 if kind == "placeholder":
                     errors.append(f"{spec.placeholder_token} without {spec.begin_token}")
                 else:
-                    open_ = (spec, match.end())
+                    open_ = (spec, [])
             elif kind == "begin":
                 errors.append(f"{open_[0].begin_token} not closed by {open_[0].placeholder_token} "
                               f"before {spec.begin_token}")
-                open_ = (spec, match.end())
+                open_ = (spec, [])
             elif spec.name != open_[0].name:
                 errors.append(f"{open_[0].begin_token} closed by {spec.placeholder_token}, expected "
                               f"{open_[0].placeholder_token}")
                 open_ = None
             else:
-                call = self._parse_call(spec, text[open_[1]:match.start()], errors,
-                                        None if positions is None else positions[k])
+                call = self._parse_call(spec, "".join(open_[1]), errors, piece.position)
                 if call is not None:
                     calls.append(call)
                 open_ = None
-            cursor = match.end()
         if open_ is not None:
             errors.append(f"{open_[0].begin_token} not closed by {open_[0].placeholder_token}")
-        else:
-            outside.append(text[cursor:])
-        plain = pattern.sub("", text).strip()
+        plain = "".join(p for p in pieces if isinstance(p, str)).strip()
         if errors:
             return ParsedOutput(text=plain, plain=plain, calls=calls, errors=errors)
         return ParsedOutput(text="".join(outside).strip(), plain=plain, calls=calls)
@@ -360,7 +394,8 @@ class TaskRouter:
         Raises:
             ValueError: before anything is dispatched — neither or both of ``texts`` and
                 ``sequences``; ``hidden_states`` missing or misshapen where a head needs it; a
-                target's input missing or not of batch size ``B``.
+                target's input missing or not of batch size ``B``; after dispatch, only a head
+                that returns a list with other than one item per sample sent to it.
         """
         if (texts is None) == (sequences is None):
             raise ValueError("route: pass exactly one of texts= and sequences=")
@@ -427,8 +462,12 @@ class TaskRouter:
         task_embeds = hidden_states[index, position]  # (N, D)
         kwargs = {name: _take(inputs[name], index) for name in target.inputs}
         output = target.head(task_embeds, **kwargs)
+        if isinstance(output, list) and len(output) != len(results):
+            raise ValueError(f"HeadTarget({type(target.head).__name__}): the head returned a list of "
+                             f"{len(output)} items for {len(results)} routed samples; a list it returns "
+                             "must hold one item per sample")
         for j, result in enumerate(results):
-            result.output = _select(output, j, len(results))
+            result.output = output[j] if isinstance(output, list) else _index(output, j, len(results))
 
 
 def _take(value: Any, index: Tensor) -> Any:
@@ -438,21 +477,25 @@ def _take(value: Any, index: Tensor) -> Any:
     return [value[i] for i in index.tolist()]
 
 
-def _select(output: Any, j: int, n: int) -> Any:
-    """Sample ``j`` of a head's batched output of ``n`` samples.
+def _index(value: Any, j: int, n: int) -> Any:
+    """Sample ``j`` of a head's batched output ``value`` over ``n`` routed samples.
 
-    Tensors with a leading ``n`` are indexed (others kept); dataclasses, mappings and tuples are
-    handled field by field; a list of ``n`` items gives item ``j``.
+    Sliced by structure, never by a length that happens to be ``n``: a tensor ``(n, ...)`` gives
+    ``(...)`` (head outputs are batched on their first dimension; a tensor with another leading
+    size, or none, is shared and kept); dataclasses, mappings, tuples and lists are rebuilt item by
+    item, so ``TemporalGroundingOutput.aux``, a list over decoder layers of ``(spans (n, Q, 2),
+    logits (n, Q))``, becomes a list over the same layers of ``(spans (Q, 2), logits (Q,))``; other
+    values (``grid_size``, ``None``, numbers, strings) are kept.
     """
-    if isinstance(output, Tensor):
-        return output[j] if output.ndim and output.shape[0] == n else output
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        return dataclasses.replace(output, **{f.name: _select(getattr(output, f.name), j, n)
-                                              for f in dataclasses.fields(output) if f.init})
-    if isinstance(output, Mapping):
-        return {k: _select(v, j, n) for k, v in output.items()}
-    if isinstance(output, tuple):
-        return tuple(_select(v, j, n) for v in output)
-    if isinstance(output, list) and len(output) == n:
-        return output[j]
-    return output
+    if isinstance(value, Tensor):
+        return value[j] if value.ndim and value.shape[0] == n else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _index(getattr(value, f.name), j, n)
+                                             for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, Mapping):
+        return {k: _index(v, j, n) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_index(v, j, n) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_index(v, j, n) for v in value)
+    return value
