@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
 from tpo.arguments import unknown_arguments
@@ -56,6 +58,18 @@ class NonFiniteLossError(FloatingPointError):
 def _is_head_key(key: str) -> bool:
     """Whether a state-dict key belongs to what :meth:`TPOModule.save_heads` exports."""
     return key.startswith(("heads.", "backbone.task_tokens.", "query_words.")) or is_lora_parameter(key)
+
+
+def _select_rows(rows: Mapping[str, Any], keep: list[int]) -> dict[str, Any]:
+    """The collator's target rows of one task (tensors and lists, one entry per sample of the
+    task) restricted to the entries ``keep``."""
+    out = {}
+    for key, value in rows.items():
+        if isinstance(value, Tensor):
+            out[key] = value[torch.as_tensor(keep, dtype=torch.long, device=value.device)]
+        else:
+            out[key] = [value[i] for i in keep]
+    return out
 
 
 def _existing(path: Path) -> Path:
@@ -218,6 +232,7 @@ class TPOModule(L.LightningModule):
                 for mode in ("teacher", "generated")
             }
         )
+        self.assign_metric = MeanMetric()
 
     def _load_weights(self, checkpoint: str) -> None:
         path = Path(checkpoint)
@@ -284,13 +299,15 @@ class TPOModule(L.LightningModule):
 
         Returns:
             the CE (``None`` when the batch has no task-begin token) and ``(B,)`` bool, True where
-            every task-begin token of the sample is the argmax of the logits before it.
+            every task-begin token of the sample is the argmax of the logits before it. A batch
+            without ``labels`` says nothing about what the model calls: all False, so the
+            ``generated`` metrics count its samples as misses rather than as teacher-forced hits.
         """
         labels = batch.get("labels")
         batch_size = batch["input_ids"].shape[0]
-        correct = torch.ones(batch_size, dtype=torch.bool, device=out.logits.device)
         if labels is None:
-            return None, correct
+            return None, torch.zeros(batch_size, dtype=torch.bool, device=out.logits.device)
+        correct = torch.ones(batch_size, dtype=torch.bool, device=out.logits.device)
         target = labels[:, 1:]
         is_begin = torch.isin(target, self.backbone.task_tokens.begin_ids)
         if not is_begin.any():
@@ -418,28 +435,30 @@ class TPOModule(L.LightningModule):
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
 
     def _evaluate(self, batch: Mapping[str, Any], prefix: str) -> None:
+        """Score one evaluation batch. Samples whose ``meta`` says ``padding`` (repeats that give
+        every process the same number of batches, :class:`~tpo.datamodules.MultiTaskSampler`)
+        are run but not scored, so each sample counts once however the split is sharded."""
         out = self.backbone(batch)
         batch_size = batch["input_ids"].shape[0]
         if out.loss is not None:
             self.log(f"{prefix}/lm_loss", out.loss, batch_size=batch_size, sync_dist=True)
         _, correct = self.assignment(batch, out)
-        has_task = torch.zeros_like(correct)
+        padding = [bool(m.get("padding", False)) for m in batch.get("meta") or [{}] * batch_size]
+        scored = torch.zeros_like(correct)
         for task, (head_out, index) in self.run_heads(batch, out).items():
-            has_task[index] = True
             rows = self._target_rows(batch, task, index)
             meta = self._meta(batch, task, index, rows)
             preds = self.heads[task].postprocess(head_out, meta)
+            keep = [i for i, b in enumerate(index.tolist()) if not padding[b]]
+            scored[index[keep]] = True
+            preds, rows, meta = [preds[i] for i in keep], _select_rows(rows, keep), [meta[i] for i in keep]
             adapter = get_task_adapter(task)
             adapter.score(self.metrics["teacher"][task], preds, rows, meta)
-            generated = [p if bool(correct[b]) else None for p, b in zip(preds, index.tolist(), strict=True)]
+            generated = [p if bool(correct[b]) else None
+                         for p, b in zip(preds, rows["sample_index"].tolist(), strict=True)]
             adapter.score(self.metrics["generated"][task], generated, rows, meta)
-        if has_task.any():
-            self.log(
-                f"{prefix}/assign_acc",
-                correct[has_task].float().mean(),
-                batch_size=int(has_task.sum()),
-                sync_dist=True,
-            )
+        if scored.any():
+            self.assign_metric.update(correct[scored].float())
 
     @staticmethod
     def _meta(batch: Mapping[str, Any], task: str, index: Tensor, rows: Mapping | None) -> list[dict]:
@@ -462,14 +481,28 @@ class TPOModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def _log_metrics(self, prefix: str) -> None:
-        for mode, names in self.metrics.items():
-            tag = prefix if mode == "teacher" else f"{prefix}_generated"
-            for task, metric in names.items():
-                if not metric.update_called:
-                    continue
-                values = metric.compute()
-                self.log_dict({f"{tag}/{task}/{k}": v.float() for k, v in values.items() if v.numel() == 1})
-                metric.reset()
+        """Compute, log and reset every metric some process updated this epoch. Every process
+        takes part in each metric's sync (a collective), in the same order, whether or not it saw
+        that task: which metrics were updated is agreed first, in one collective."""
+        entries = [(f"{prefix}/assign_acc", None, self.assign_metric)] + [
+            (prefix if mode == "teacher" else f"{prefix}_generated", task, metric)
+            for mode, names in self.metrics.items()
+            for task, metric in names.items()
+        ]
+        updated = torch.tensor([m.update_called for *_, m in entries], device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            updated = self.all_gather(updated).any(0)
+        for (tag, task, metric), anywhere in zip(entries, updated.tolist(), strict=True):
+            if anywhere:
+                with warnings.catch_warnings():  # this process may have seen none of the task
+                    warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+                    values = metric.compute()
+                if task is None:
+                    self.log(tag, values.float())
+                else:
+                    scalars = {k: v for k, v in values.items() if v.numel() == 1}
+                    self.log_dict({f"{tag}/{task}/{k}": v.float() for k, v in scalars.items()})
+            metric.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -58,9 +58,14 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return sum(self.sizes)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> dict:
-        d, i, seed = key
-        return self.datasets[d][(i, seed)]
+    def __getitem__(self, key: tuple[int, int, int] | tuple[int, int, int, bool]) -> dict:
+        """The item of ``(dataset, sample, draw_seed)``; a fourth element ``True`` marks a padding
+        repeat (evaluation): the item's ``meta`` then says ``"padding": True``."""
+        d, i, seed, *padding = key
+        item = self.datasets[d][(i, seed)]
+        if padding and padding[0]:
+            item["meta"] = {**item.get("meta", {}), "padding": True}
+        return item
 
 
 class MultiTaskSampler(DistributedSampler):
@@ -71,7 +76,10 @@ class MultiTaskSampler(DistributedSampler):
     dataset is covered before any sample repeats). ``shuffle=False``: every sample of every
     dataset once, in order. Either way the key list is a function of ``(seed, epoch)`` only and
     is split across ranks as :class:`~torch.utils.data.DistributedSampler` does (padded by
-    repetition to a multiple of the world size), so Lightning does not wrap it again.
+    repetition to a multiple of the world size), so Lightning does not wrap it again. With
+    ``shuffle=False`` (evaluation) the repeats are marked ``(dataset, sample, 0, True)``: every
+    process runs the same number of batches, and :class:`~tpo.TPOModule` does not score the
+    repeats, so each sample counts once (sharded metrics equal one process's).
 
     Args:
         sizes: number of samples of each dataset.
@@ -132,7 +140,8 @@ class MultiTaskSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         keys = self.keys()
-        keys += keys[: self.total_size - len(keys)]
+        repeats = keys[: self.total_size - len(keys)]
+        keys += repeats if self.shuffle else [(*key, True) for key in repeats]
         if self._start is not None and self._start[0] == self.epoch:
             keys = keys[self._start[1]:]
             keys += keys[: -len(keys) % self.num_replicas]
