@@ -49,9 +49,17 @@ class MomentSample:
         return f"{self.vid} (qid {self.qid})"
 
     def validate(self) -> MomentSample:
-        if not self.duration > 0:
-            raise ValueError(f"sample {self.name}: duration must be positive, got {self.duration}")
+        if not (np.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"sample {self.name}: duration must be positive and finite, got "
+                             f"{self.duration}")
         w = self.windows
+        if not np.isfinite(w).all():
+            raise ValueError(f"sample {self.name}: window "
+                             f"{w[~np.isfinite(w).all(1)][0].tolist()} s is not finite; expected "
+                             f"[start, end] seconds inside [0, duration={self.duration}]")
+        if self.saliency is not None and not np.isfinite(self.saliency).all():
+            raise ValueError(f"sample {self.name}: saliency has non-finite scores; expected "
+                             f"finite per-clip scores")
         bad = (w[:, 0] < -_EPS) | (w[:, 1] > self.duration + 1e-3) | (w[:, 1] <= w[:, 0])
         if bad.any():
             raise ValueError(f"sample {self.name}: window {w[bad][0].tolist()} s is not inside "
@@ -86,6 +94,9 @@ class RefSample:
 
     def validate(self) -> RefSample:
         x1, y1, x2, y2 = self.box_xyxy
+        if not np.isfinite(self.box_xyxy).all():
+            raise ValueError(f"sample {self.name}: box {self.box_xyxy.tolist()} is not finite; "
+                             f"expected x1, y1, x2, y2 pixels")
         if not (x2 > x1 and y2 > y1):
             raise ValueError(f"sample {self.name}: box {self.box_xyxy.tolist()} has no area")
         if self.image_size is not None:
@@ -135,6 +146,10 @@ class TrackSample:
             raise ValueError(f"sample {self.name}: the target must be visible in the first frame "
                              "(its box initialises the tracker)")
         box = self.boxes_xywh[self.visible]
+        if not np.isfinite(box).all():
+            first = int(np.flatnonzero(self.visible)[~np.isfinite(box).all(1)][0])
+            raise ValueError(f"sample {self.name}: visible frame {first} has a non-finite box "
+                             f"{self.boxes_xywh[first].tolist()}; expected x, y, w, h pixels")
         if (box[:, 2:] <= 0).any():
             first = int(np.flatnonzero(self.visible)[(box[:, 2:] <= 0).any(1)][0])
             raise ValueError(f"sample {self.name}: visible frame {first} has an empty box "
@@ -211,13 +226,17 @@ class ConversationSample:
     id: str | int | None = None
 
     def validate(self) -> ConversationSample:
+        if not isinstance(self.conversations, list):
+            raise ValueError(f"sample {self.id}: conversations must be a list of turns "
+                             f"{{'from', 'value'}}, got {type(self.conversations).__name__}")
         if not self.conversations:
             raise ValueError(f"sample {self.id}: empty conversation")
         for i, turn in enumerate(self.conversations):
             expected = "human" if i % 2 == 0 else "gpt"
-            if turn.get("from") != expected or not isinstance(turn.get("value"), str):
+            if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(
+                    turn.get("value"), str):
                 raise ValueError(f"sample {self.id}: turn {i} must be {{'from': '{expected}', "
-                                 f"'value': str}}, got {turn}")
+                                 f"'value': str}}, got {turn!r}")
         if len(self.conversations) % 2:
             raise ValueError(f"sample {self.id}: the conversation ends with a human turn")
         return self

@@ -16,6 +16,7 @@ Sampling follows the public recipes:
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SAMPLING_MODES = ("uniform", "middle", "random")
 _TOL = 1e-5  # seconds: timestamps closer than this count as equal (decord reports float32)
+# FFmpeg renders text files (``.txt``, ``.nfo``, ...) as "ANSI art" videos; those are no videos.
+_TEXT_FORMATS = ("tty",)
+_TEXT_CODECS = ("ansi", "bintext", "xbin", "idf")
 
 
 class VideoDecodeError(ValueError):
@@ -97,8 +101,11 @@ def sample_indices_by_fps(timestamps: np.ndarray, fps: float, start: float | Non
         start: first time, default the first frame's.
         end: end time, default the source's last timestamp (included).
     """
-    if fps <= 0:
-        raise ValueError(f"fps: expected a positive rate, got {fps}")
+    if not _positive_finite(fps):
+        raise ValueError(f"fps: expected a positive, finite rate, got {fps!r}")
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite time in seconds, got {value}")
     start = float(timestamps[0]) if start is None else start
     if end is None:
         times = np.arange(start, float(timestamps[-1]) + _TOL, 1.0 / fps)
@@ -110,6 +117,38 @@ def sample_indices_by_fps(timestamps: np.ndarray, fps: float, start: float | Non
     return np.clip(index, 0, len(timestamps) - 1).astype(np.int64)
 
 
+def _positive_finite(value) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(value) and value > 0
+    except TypeError:
+        return False
+
+
+def _indices_text(indices) -> str:
+    values = [int(i) for i in indices]
+    return str(values) if len(values) <= 12 else f"[{values[0]}, ..., {values[-1]}] ({len(values)})"
+
+
+def _text_head(path: str, size: int = 4096) -> str | None:
+    """The first characters of ``path`` when it starts as plain text (no video does), else
+    ``None``."""
+    with open(path, "rb") as f:
+        head = f.read(size)
+    if not head or b"\x00" in head:
+        return None
+    for cut in range(4):  # a multi-byte character split at the end of the read
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    if all(c.isprintable() or c in "\t\n\r\f" for c in text):
+        return text
+    return None
+
+
 class _DecordBackend:
     def __init__(self, path: str, num_threads: int) -> None:
         import decord
@@ -118,7 +157,8 @@ class _DecordBackend:
             self.vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
             stamps = self.vr.get_frame_timestamp(np.arange(len(self.vr)))
         except (decord.DECORDError, RuntimeError) as err:
-            raise VideoDecodeError(f"{path}: decord cannot read this video ({err})") from err
+            raise VideoDecodeError(f"{path}: decord cannot read this video, expected a video "
+                                   f"file such as an H.264 mp4 ({err})") from err
         if len(self.vr) == 0:
             raise VideoDecodeError(f"{path}: the video has no frames")
         self.path = path
@@ -132,8 +172,9 @@ class _DecordBackend:
         try:
             frames = self.vr.get_batch(list(indices)).asnumpy()
         except (decord.DECORDError, RuntimeError) as err:
-            raise VideoDecodeError(f"{self.path}: decord failed on frames {list(indices)} "
-                                   f"({err})") from err
+            raise VideoDecodeError(f"{self.path}: decord failed on frames "
+                                   f"{_indices_text(indices)}, the file may be truncated or not "
+                                   f"a video ({err})") from err
         self.vr.seek(0)  # bounds decord's memory growth over many get_batch calls
         return frames
 
@@ -147,7 +188,16 @@ class _PyAVBackend:
         self.path, self.num_threads = path, num_threads
         try:
             with av.open(path) as container:
+                if not container.streams.video:
+                    raise VideoDecodeError(f"{path}: no video stream in this file (expected a "
+                                           f"video such as an H.264 mp4)")
                 stream = container.streams.video[0]
+                codec = stream.codec_context.name
+                if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
+                    raise VideoDecodeError(f"{path}: not a video: FFmpeg reads it as text "
+                                           f"({container.format.name}/{codec}); expected a "
+                                           f"video such as an H.264 mp4")
+                declared = int(stream.frames or 0)
                 pts, keys, durations = [], [], []
                 for packet in container.demux(stream):
                     if packet.pts is None or packet.size == 0:
@@ -157,10 +207,14 @@ class _PyAVBackend:
                     if packet.is_keyframe:
                         keys.append(packet.pts)
                 self.time_base = float(stream.time_base)
-        except (av.FFmpegError, IndexError) as err:
-            raise VideoDecodeError(f"{path}: PyAV cannot read this video ({err})") from err
+        except av.FFmpegError as err:
+            raise VideoDecodeError(f"{path}: PyAV cannot read this video, expected a video file "
+                                   f"such as an H.264 mp4 ({err})") from err
         if not pts:
             raise VideoDecodeError(f"{path}: the video has no frames")
+        if declared and len(pts) < declared:
+            raise VideoDecodeError(f"{path}: truncated video: the container declares {declared} "
+                                   f"frames but only {len(pts)} could be read")
         order = np.argsort(pts, kind="stable")
         self.pts = np.asarray(pts, dtype=np.int64)[order]
         self.keys = sorted(keys) or [int(self.pts[0])]
@@ -196,7 +250,8 @@ class _PyAVBackend:
                                                f"found while decoding")
                     found[i] = frame.to_ndarray(format="rgb24")
         except av.FFmpegError as err:
-            raise VideoDecodeError(f"{self.path}: PyAV failed on frames {wanted} ({err})") from err
+            raise VideoDecodeError(f"{self.path}: PyAV failed on frames {_indices_text(wanted)}, "
+                                   f"the file may be truncated ({err})") from err
         return np.stack([found[int(i)] for i in indices])
 
 
@@ -252,22 +307,26 @@ class VideoReader:
     pickled and re-created in a process other than the one that opened it.
 
     Raises (on first access):
-        FileNotFoundError: the source does not exist (named).
-        VideoDecodeError: the source exists but cannot be decoded (named).
+        FileNotFoundError: the source does not exist, or is a folder without image frames
+            (named).
+        VideoDecodeError: the source exists but cannot be decoded (named): an empty file, a text
+            file, random bytes, a truncated video (fewer frames than its container declares), a
+            file without a video stream.
     """
 
     def __init__(self, source: str | os.PathLike | Sequence[str | os.PathLike], *,
                  backend: str = "auto", fps: float | None = None, num_threads: int = 1) -> None:
         if backend not in ("decord", "pyav", "auto"):
             raise ValueError(f"backend: expected 'decord', 'pyav' or 'auto', got {backend!r}")
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps: expected a positive frame rate, got {fps}")
         if isinstance(source, (str, os.PathLike)):
             self.source: str | list[str] = os.fspath(source)
         else:
             self.source = [os.fspath(p) for p in source]
             if not self.source:
                 raise ValueError("source: the list of frames is empty")
+        if fps is not None and not _positive_finite(fps):
+            raise ValueError(f"{self.name}: fps: expected a positive, finite frame rate of the "
+                             f"frames, got {fps!r}")
         self.backend = backend
         self.fps_override = fps
         self.num_threads = num_threads
@@ -335,6 +394,12 @@ class VideoReader:
             return _ImageBackend(files, fps)
         if path.lower().endswith(IMAGE_EXTENSIONS):
             return _ImageBackend([path], fps)
+        if os.path.getsize(path) == 0:
+            raise VideoDecodeError(f"{path}: the file is empty (0 bytes), expected a video")
+        text = _text_head(path)
+        if text is not None:
+            raise VideoDecodeError(f"{path}: this is a text file (it starts "
+                                   f"{text[:40]!r}), expected a video")
         if self.backend == "pyav":
             return _PyAVBackend(path, self.num_threads)
         try:
@@ -381,23 +446,59 @@ class VideoReader:
         """Sample frames by count (``num_frames`` with ``mode``) or by rate (``fps``).
 
         Args:
-            num_frames: number of frames, sampled with ``mode`` among the frames in range.
+            num_frames: number of frames, sampled with ``mode`` among the frames in range (frames
+                repeat when the range holds fewer, as LLaVA's ``linspace`` sampling does).
             fps: frames per second instead of a count.
             mode: ``"uniform"``, ``"middle"`` or ``"random"`` (count sampling only).
-            start: start of the time range in seconds (default: the beginning).
-            end: end of the time range in seconds, excluded (default: the end).
+            start: start of the time range in seconds, ``0 <= start`` and before the clip's end
+                (default: the beginning).
+            end: end of the time range in seconds, excluded (default: the end). By count, an end
+                past the clip's end takes the frames up to the last one; by rate, no sampling time
+                may lie at or past the clip's end (the last frame would stand in for times the
+                clip does not have).
             rng: random generator for ``mode="random"``.
+
+        Raises:
+            ValueError: naming the source: both or neither of ``num_frames`` and ``fps``; a count
+                or rate that is not positive (and finite); a non-finite or negative time; an
+                empty or inverted range (``end <= start``); a range with no frame of the clip; by
+                rate, sampling times past the clip's end.
         """
         if (num_frames is None) == (fps is None):
-            raise ValueError("sample: give exactly one of num_frames and fps")
+            raise ValueError(f"{self.name}: sample: give exactly one of num_frames and fps")
+        if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(
+                num_frames, (int, np.integer)) or num_frames <= 0):
+            raise ValueError(f"{self.name}: num_frames: expected a positive integer count, got "
+                             f"{num_frames!r}")
+        if fps is not None and not _positive_finite(fps):
+            raise ValueError(f"{self.name}: fps: expected a positive, finite sampling rate, got "
+                             f"{fps!r}")
+        for key, value in (("start", start), ("end", end)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{self.name}: {key}: expected a finite time in seconds, got "
+                                 f"{value}")
+        if start is not None and start < 0:
+            raise ValueError(f"{self.name}: start: expected a time >= 0 s, got {start}")
+        if end is not None and end <= (0.0 if start is None else start):
+            raise ValueError(f"{self.name}: time range [{start}, {end}) is empty or inverted "
+                             f"(expected start < end)")
         stamps = self.timestamps
-        if start is not None and end is not None and end <= start:
-            raise ValueError(f"{self.name}: time range [{start}, {end}) is empty")
+        duration = self.duration
+        if start is not None and start >= duration - _TOL:
+            raise ValueError(f"{self.name}: no frame in [{start}, {end}) s: the range starts "
+                             f"after the clip, which spans {duration:.3f} s")
         if fps is not None:
-            return self.get_frames(sample_indices_by_fps(stamps, fps, start, end))
+            first = float(stamps[0]) if start is None else start
+            indices = sample_indices_by_fps(stamps, fps, start, end)
+            last = first + (len(indices) - 1) / fps
+            if last > float(stamps[-1]) + _TOL and last >= duration - _TOL:
+                raise ValueError(f"{self.name}: at {fps} fps the range [{start}, {end}) s asks "
+                                 f"for times up to {last:.3f} s, past the clip's end at "
+                                 f"{duration:.3f} s (expected end <= duration)")
+            return self.get_frames(indices)
         lo = 0 if start is None else int(np.searchsorted(stamps, start - _TOL, side="left"))
         hi = len(stamps) if end is None else int(np.searchsorted(stamps, end - _TOL, side="left"))
         if hi <= lo:
             raise ValueError(f"{self.name}: no frame in [{start}, {end}) s "
-                             f"(the source spans {self.duration:.3f} s)")
+                             f"(the source spans {duration:.3f} s)")
         return self.get_frames(lo + sample_indices(hi - lo, num_frames, mode, rng))

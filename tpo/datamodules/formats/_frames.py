@@ -1,7 +1,9 @@
-"""Shared helpers for frame-folder formats: writing JPEG frames, palette PNG label maps."""
+"""Shared helpers for frame-folder formats: writing JPEG frames, palette PNG label maps, checking a
+sequence before it is written and removing it again when writing fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -9,7 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["DAVIS_PALETTE", "read_label_map", "write_frames", "write_label_map"]
+from tpo.datamodules.samples import TrackSample
+
+__all__ = ["DAVIS_PALETTE", "check_new_folders", "check_track", "frame_size", "read_label_map",
+           "remove_folders", "write_frames", "write_label_map"]
 
 
 def _davis_palette() -> list[int]:
@@ -74,3 +79,62 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
             raise ValueError(f"{path}: expected a palette PNG of object ids, got mode "
                              f"{image.mode}")
         return np.array(image, dtype=np.uint8)
+
+
+def frame_size(path: str) -> tuple[int, int]:
+    """``(height, width)`` of an image file, reading only its header."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: frame not found") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read this frame ({err}); expected a JPEG") from err
+
+
+def check_track(name: str, frames: np.ndarray | list[str], boxes_xywh: np.ndarray,
+                visible: np.ndarray, decimals: int) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes (0 where hidden, rounded as they will be written) and flags of a sequence to
+    write, after checking them as the reader will; raises ``ValueError`` naming the sequence."""
+    n = len(frames)
+    if n == 0:
+        raise ValueError(f"sequence {name}: no frames to write")
+    if isinstance(frames[0], (str, os.PathLike)):
+        size = frame_size(os.fspath(frames[0]))
+    else:
+        shape, dtype = np.shape(frames), np.asarray(frames[0]).dtype
+        if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+            raise ValueError(f"sequence {name}: frames must be (T, H, W, 3) uint8, got {dtype} "
+                             f"of shape {shape}")
+        size = shape[1:3]
+    boxes = np.asarray(boxes_xywh, dtype=np.float64)
+    visible = np.asarray(visible)
+    if boxes.shape != (n, 4) or visible.shape != (n,):
+        raise ValueError(f"sequence {name}: {n} frames but boxes of shape {boxes.shape} and "
+                         f"visible of shape {visible.shape}; expected ({n}, 4) and ({n},)")
+    visible = visible.astype(bool)
+    boxes = np.round(np.where(visible[:, None], boxes, 0), decimals)
+    TrackSample(name=name, frames=[""] * n, boxes_xywh=boxes, visible=visible,
+                image_size=tuple(size)).validate()
+    return boxes, visible
+
+
+def check_new_folders(name: str, folders: Sequence[str | os.PathLike]) -> None:
+    """Raise ``ValueError`` naming ``name`` when one of ``folders`` already holds files (a
+    writer would mix its files with those already there)."""
+    for folder in folders:
+        if os.path.isdir(folder) and os.listdir(folder):
+            raise ValueError(f"sequence {name}: {os.fspath(folder)} already exists; expected a "
+                             f"new sequence (remove the folder to write it again)")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"sequence {name}: {os.fspath(folder)} exists and is not a folder")
+
+
+def remove_folders(folders: Sequence[str | os.PathLike],
+                   *parents: str | os.PathLike) -> None:
+    """Remove ``folders`` (a writer's own, new ones) and then each of ``parents`` left empty."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)  # only when empty

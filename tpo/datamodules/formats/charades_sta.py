@@ -1,4 +1,5 @@
-"""Charades-STA: ``charades_sta_{train,test}.txt`` lines ``<vid> <start_s> <end_s>##<sentence>``.
+"""Charades-STA: ``charades_sta_{train,test}.txt`` lines ``<vid> <start_s> <end_s>##<sentence>``
+(``.gz`` accepted).
 
 Durations are not in these files; they come from Charades' ``Charades_v1_{train,test}.csv``
 (columns ``id`` and ``length``, seconds) or a mapping ``{vid: seconds}``.
@@ -7,22 +8,35 @@ Durations are not in these files; they come from Charades' ``Charades_v1_{train,
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Mapping
 
+from tpo.datamodules.formats._io import as_finite, read_lines, read_text
 from tpo.datamodules.samples import MomentSample
 
 __all__ = ["read", "read_durations"]
 
 
 def read_durations(path: str | os.PathLike) -> dict[str, float]:
-    """``{vid: length_s}`` from a Charades ``Charades_v1_*.csv``."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """``{vid: length_s}`` from a Charades ``Charades_v1_*.csv``.
+
+    Raises:
+        ValueError: columns ``id``/``length`` missing, or a length that is not a positive number
+            (naming the file and line).
+    """
+    rows = list(csv.DictReader(io.StringIO(read_text(path))))
     if rows and not {"id", "length"} <= set(rows[0]):
         raise ValueError(f"{path}: expected a Charades csv with columns 'id' and 'length', "
-                         f"got {sorted(rows[0])}")
-    return {row["id"]: float(row["length"]) for row in rows}
+                         f"got {sorted(k for k in rows[0] if k is not None)}")
+    durations = {}
+    for line_no, row in enumerate(rows, 2):
+        length = as_finite(row["length"], f"{path}:{line_no}", f"length of video {row['id']!r}")
+        if length <= 0:
+            raise ValueError(f"{path}:{line_no}: length of video {row['id']!r}: expected a "
+                             f"positive duration in seconds, got {row['length']!r}")
+        durations[row["id"]] = length
+    return durations
 
 
 def read(path: str | os.PathLike, durations: Mapping[str, float] | str | os.PathLike
@@ -34,25 +48,30 @@ def read(path: str | os.PathLike, durations: Mapping[str, float] | str | os.Path
         durations: ``{vid: seconds}`` or the path of a ``Charades_v1_*.csv``.
 
     Raises:
-        ValueError: a malformed line, a video without duration, or a moment beyond the duration
-            (naming the line).
+        ValueError: a malformed line (not ``<vid> <start> <end>##<sentence>`` with numbers), a
+            video without duration, or a moment that is not finite, ends before it starts or lies
+            beyond the duration (naming the file and line).
     """
     if not isinstance(durations, Mapping):
         durations = read_durations(durations)
     samples = []
-    with open(path) as f:
-        for qid, line in enumerate(f):
-            line = line.strip()
-            if not line:
-                continue
-            head, sep, sentence = line.partition("##")
-            parts = head.split()
-            if not sep or len(parts) != 3:
-                raise ValueError(f"{path}:{qid + 1}: expected '<vid> <start> <end>##<sentence>', "
-                                 f"got {line!r}")
-            vid, start, end = parts[0], float(parts[1]), float(parts[2])
-            if vid not in durations:
-                raise ValueError(f"{path}:{qid + 1}: no duration known for video {vid!r}")
+    for qid, line in enumerate(read_lines(path)):
+        line = line.strip()
+        where = f"{path}:{qid + 1}"
+        if not line:
+            continue
+        head, sep, sentence = line.partition("##")
+        parts = head.split()
+        if not sep or len(parts) != 3:
+            raise ValueError(f"{where}: expected '<vid> <start> <end>##<sentence>', got {line!r}")
+        vid = parts[0]
+        start, end = (as_finite(v, where, f"{name} of {line!r}")
+                      for v, name in zip(parts[1:], ("start", "end"), strict=True))
+        if vid not in durations:
+            raise ValueError(f"{where}: no duration known for video {vid!r}")
+        try:
             samples.append(MomentSample(vid=vid, query=sentence.strip(), windows=[[start, end]],
-                                        duration=durations[vid], qid=qid).validate())
+                                        duration=float(durations[vid]), qid=qid).validate())
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     return samples

@@ -3,7 +3,7 @@
 A row: ``{"qid", "query", "duration", "vid", "relevant_windows": [[s, e], ...],
 "relevant_clip_ids": [i, ...], "saliency_scores": [[a1, a2, a3], ...]}``; clips are 2 s long,
 saliency scores are 0-4 from three annotators, in the order of ``relevant_clip_ids``. The test
-split has no windows or scores.
+split has no windows or scores. ``.jsonl.gz`` files are read as well.
 """
 
 from __future__ import annotations
@@ -15,41 +15,62 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from tpo.datamodules.formats._io import as_finite, as_windows, loads_json_line, read_lines, require
 from tpo.datamodules.samples import MomentSample
 
 __all__ = ["load_video_features", "read", "write"]
 
 
 def read(path: str | os.PathLike, *, clip_len: float = 2.0) -> list[MomentSample]:
-    """One :class:`MomentSample` per row.
+    """One :class:`MomentSample` per row (``.jsonl`` or ``.jsonl.gz``).
 
     ``saliency`` is ``(ceil(duration / clip_len),)``: the annotators' mean score on each relevant
     clip, 0 elsewhere; ``None`` when the row has no scores.
 
     Raises:
-        ValueError: a window beyond the duration or a clip id beyond the last clip (naming the
-            qid and line).
+        ValueError: naming the file and line (and the qid): invalid JSON or a corrupt gzip file,
+            a row without ``qid``/``vid``/``query``/``duration``, windows that are not
+            ``[start, end]`` pairs, not finite, inverted or beyond the duration, or a clip id
+            beyond the last clip.
     """
     samples = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            duration = float(row["duration"])
-            saliency = None
-            if row.get("saliency_scores") is not None:
-                ids, scores = row["relevant_clip_ids"], row["saliency_scores"]
-                num_clips = math.ceil(duration / clip_len - 1e-6)
-                if len(ids) != len(scores) or (ids and max(ids) >= num_clips):
-                    raise ValueError(f"{path}:{line_no}: qid {row['qid']}: relevant_clip_ids "
-                                     f"{ids} do not fit {len(scores)} scores and {num_clips} clips")
-                saliency = np.zeros(num_clips, dtype=np.float32)
-                saliency[ids] = np.asarray(scores, dtype=np.float32).reshape(len(ids), -1).mean(1)
-            samples.append(MomentSample(vid=row["vid"], query=row["query"],
-                                        windows=row.get("relevant_windows") or [],
+    for line_no, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        row = loads_json_line(line, where)
+        require(row, ("qid", "vid", "query", "duration"), where, "a QVHighlights row")
+        where = f"{where}: qid {row['qid']}"
+        duration = as_finite(row["duration"], where, "duration")
+        windows = as_windows(row.get("relevant_windows"), where, "relevant_windows")
+        saliency = None
+        if row.get("saliency_scores") is not None:
+            ids, scores = row.get("relevant_clip_ids"), row["saliency_scores"]
+            num_clips = math.ceil(duration / clip_len - 1e-6) if duration > 0 else 0
+            if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(
+                    scores):
+                raise ValueError(f"{where}: relevant_clip_ids {str(ids)[:60]} and saliency_scores "
+                                 f"{str(scores)[:60]}: expected one list of annotator scores per "
+                                 f"clip id")
+            saliency = np.zeros(num_clips, dtype=np.float32)
+            if ids:
+                try:
+                    ids = np.asarray(ids, dtype=np.int64)
+                    scores = np.asarray(scores, dtype=np.float32).reshape(len(ids), -1)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: relevant_clip_ids {str(ids)[:60]} and "
+                                     f"saliency_scores {str(scores)[:60]}: expected integer clip "
+                                     f"ids and the same number of scores for each") from None
+                if ids.ndim != 1 or ids.min() < 0 or ids.max() >= num_clips or not scores.size:
+                    raise ValueError(f"{where}: relevant_clip_ids {ids.tolist()} do not fit "
+                                     f"{len(scores)} scores and {num_clips} clips")
+                saliency[ids] = scores.mean(1)
+        try:
+            samples.append(MomentSample(vid=row["vid"], query=row["query"], windows=windows,
                                         duration=duration, qid=row["qid"], saliency=saliency,
                                         clip_len=clip_len).validate())
+        except ValueError as err:
+            raise ValueError(f"{path}:{line_no}: {err}") from None
     return samples
 
 

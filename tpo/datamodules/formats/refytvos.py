@@ -12,7 +12,13 @@ import os
 
 import numpy as np
 
-from tpo.datamodules.formats._frames import read_label_map, write_frames, write_label_map
+from tpo.datamodules.formats._frames import (
+    frame_size,
+    read_label_map,
+    write_frames,
+    write_label_map,
+)
+from tpo.datamodules.formats._io import load_json, require
 from tpo.datamodules.samples import MaskSample
 
 __all__ = ["FPS", "read", "write_meta", "write_video"]
@@ -20,8 +26,17 @@ __all__ = ["FPS", "read", "write_meta", "write_video"]
 FPS = 6.0
 
 
-def _load(annotations: list[str], obj_id: int) -> np.ndarray:
-    return np.stack([read_label_map(p) == obj_id for p in annotations])[None]
+def _load(annotations: list[str], obj_id: int, first_frame: str) -> np.ndarray:
+    size = frame_size(first_frame)
+    masks = []
+    for path in annotations:
+        label = read_label_map(path)
+        if label.shape != size:
+            raise ValueError(f"{path}: annotation is {label.shape[1]}x{label.shape[0]} but the "
+                             f"frames (e.g. {first_frame}) are {size[1]}x{size[0]}; expected "
+                             f"masks of the frame size")
+        masks.append(label == obj_id)
+    return np.stack(masks)[None]
 
 
 def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
@@ -33,15 +48,25 @@ def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
 
     Raises:
         FileNotFoundError: the meta file, a frame or an annotation is missing (named).
-        ValueError: (when not lazy, or on load) the object is empty in every frame.
+        ValueError: naming the file: invalid JSON (line and column), a video or expression
+            without its fields, an ``obj_id`` that is not an integer; (when not lazy, or on load)
+            the object is empty in every frame, or an annotation of another size than the frames.
     """
     meta_path = os.path.join(root, "meta_expressions", split, "meta_expressions.json")
     if not os.path.exists(meta_path):
         raise FileNotFoundError(f"{meta_path}: Ref-YouTube-VOS expressions not found")
-    with open(meta_path) as f:
-        videos = json.load(f)["videos"]
+    data = load_json(meta_path)
+    require(data, ("videos",), meta_path, "Ref-YouTube-VOS meta expressions")
+    if not isinstance(data["videos"], dict):
+        raise ValueError(f"{meta_path}: videos: expected an object {{video id: entry}}")
     samples = []
-    for vid, entry in videos.items():
+    for vid, entry in data["videos"].items():
+        where = f"{meta_path}: video {vid}"
+        require(entry, ("expressions", "frames"), where, "a video entry")
+        if not isinstance(entry["frames"], list) or not entry["frames"]:
+            raise ValueError(f"{where}: frames: expected a non-empty list of frame names")
+        if not isinstance(entry["expressions"], dict):
+            raise ValueError(f"{where}: expressions: expected an object {{eid: expression}}")
         frames = [os.path.join(root, split, "JPEGImages", vid, f"{n}.jpg") for n in entry["frames"]]
         annotations = [os.path.join(root, split, "Annotations", vid, f"{n}.png")
                        for n in entry["frames"]]
@@ -49,10 +74,16 @@ def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: listed in {meta_path} but not found")
         for eid, expression in entry["expressions"].items():
-            obj_id = int(expression["obj_id"])
+            require(expression, ("exp", "obj_id"), f"{where} expression {eid}", "an expression")
+            try:
+                obj_id = int(expression["obj_id"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{where} expression {eid}: obj_id "
+                                 f"{expression['obj_id']!r}: expected an integer object id "
+                                 f"(1..255)") from None
             sample = MaskSample(name=f"{vid}/{eid}", frames=frames, expression=expression["exp"],
                                 object_ids=[obj_id], fps=FPS,
-                                masks=lambda a=annotations, o=obj_id: _load(a, o))
+                                masks=lambda a=annotations, o=obj_id, f=frames[0]: _load(a, o, f))
             samples.append(sample if lazy else sample.validate())
     return samples
 
@@ -60,7 +91,18 @@ def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
 def write_video(root: str | os.PathLike, split: str, vid: str, frames: np.ndarray,
                 labels: np.ndarray) -> list[str]:
     """Write frames ``(T, H, W, 3)`` uint8 and label maps ``(T, H, W)`` uint8; returns the frame
-    names (``00000``, ``00005``, ... as the dataset numbers them)."""
+    names (``00000``, ``00005``, ... as the dataset numbers them).
+
+    Raises:
+        ValueError: naming the video: shapes that do not match (checked before writing).
+    """
+    frames, labels = np.asarray(frames), np.asarray(labels)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
+        raise ValueError(f"video {vid}: frames must be (T, H, W, 3) uint8 with T > 0, got "
+                         f"{frames.dtype} of shape {frames.shape}")
+    if labels.shape != frames.shape[:3]:
+        raise ValueError(f"video {vid}: labels of shape {labels.shape} for frames of shape "
+                         f"{frames.shape}; expected {frames.shape[:3]}")
     names = [f"{5 * i:05d}" for i in range(len(frames))]
     write_frames(os.path.join(root, split, "JPEGImages", vid), frames, [n + ".jpg" for n in names])
     anno_dir = os.path.join(root, split, "Annotations", vid)
