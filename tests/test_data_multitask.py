@@ -159,7 +159,18 @@ def test_sampler_splits_across_ranks():
     keys = list(full)
     assert merged[:15] == keys and merged[15] == keys[0]  # padded by repetition
     val = [list(MultiTaskSampler([3, 2], shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
-    assert sorted(set(val[0] + val[1])) == [(0, 0, 0), (0, 1, 0), (0, 2, 0), (1, 0, 0), (1, 1, 0)]
+    assert len(val[0]) == len(val[1]) == 3
+    real = [k for k in val[0] + val[1] if len(k) == 3]
+    assert sorted(real) == [(0, 0, 0), (0, 1, 0), (0, 2, 0), (1, 0, 0), (1, 1, 0)]  # each once
+    assert [k for k in val[0] + val[1] if len(k) == 4] == [(0, 0, 0, True)]  # the marked repeat
+
+
+def test_a_padding_repeat_is_marked_in_the_item_meta(data, collator):
+    dm = MultiTaskDataModule.from_synthetic(data.root, collator=collator, num_frames=4)
+    dataset = dm.val_set
+    plain, repeat = dataset[(0, 0, 0)], dataset[(0, 0, 0, True)]
+    assert "padding" not in plain["meta"] and repeat["meta"]["padding"] is True
+    assert plain["turns"] == repeat["turns"]
 
 
 # ---------------------------------------------------------------------- data module

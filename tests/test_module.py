@@ -164,3 +164,19 @@ def test_learning_rates_must_name_groups_of_the_stage():
     with pytest.raises(ValueError, match=r"\['vision'\] are not parameter groups of stage 'stage2'"):
         TPOModule(backbone=tiny_llava("llava"), heads=SMALL_HEADS, stage="stage2", lora=None,
                   learning_rates={"vision": 1e-3})
+
+
+def test_a_batch_without_labels_counts_no_task_as_called(synthetic):
+    module = TPOModule(backbone=tiny_llava("llava"), heads=SMALL_HEADS)
+    batch = first_batch(synthetic, module.backbone, tasks=("box",))
+    with torch.no_grad():
+        out = module.backbone(batch)
+    loss, correct = module.assignment({**batch, "labels": None}, out)
+    assert loss is None and correct.dtype == torch.bool and not correct.any()
+    module.eval()
+    with torch.no_grad():
+        module._evaluate({**batch, "labels": None}, "val")
+    teacher, generated = module.metrics["teacher"]["box"], module.metrics["generated"]["box"]
+    assert float(generated.compute()["acc@0.5"]) == 0.0  # every sample a miss ...
+    assert float(module.assign_metric.compute()) == 0.0
+    assert teacher.update_called  # ... while the teacher-forced boxes are still scored
