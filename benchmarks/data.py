@@ -7,7 +7,9 @@ the native size), and build the prompt and the targets. The reference opens
 interleaved, clip by clip, several rounds; the figure is the ratio of the best round times
 (the least disturbed by other load on the machine).
 
-    python benchmarks/data.py [--clips 12] [--frames 64] [--size 224] [--rounds 5]
+    python benchmarks/data.py [--clips 12] [--frames 64] [--size 224] [--sample 16] [--rounds 7]
+
+(a smoke test runs ``--clips 2 --frames 8 --size 32 --sample 4 --rounds 1``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import torch
 
 from tpo.datamodules.datasets import MomentDataset
 from tpo.datamodules.samples import MomentSample
-from tpo.datamodules.synthetic import _random_objects, render_clip, write_h264
+from tpo.datamodules.synthetic import random_objects, render_clip, write_h264
 
 
 def make_clips(root: str, clips: int, frames: int, size: int, fps: float) -> list[MomentSample]:
     rng = np.random.default_rng(0)
     samples = []
     for i in range(clips):
-        video, _ = render_clip(_random_objects(rng, size, frames), size, frames)
+        video, _ = render_clip(random_objects(rng, size, frames), size, frames)
         noise = rng.integers(0, 24, video.shape, dtype=np.uint8)  # texture, so decoding costs
         write_h264(os.path.join(root, f"v{i}.mp4"), video + noise, fps, crf=23)
         samples.append(MomentSample(vid=f"v{i}", query="the red circle",
@@ -53,6 +55,12 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=16, help="frames sampled per clip")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    if min(args.clips, args.frames, args.sample, args.rounds) < 1 or args.sample > args.frames:
+        parser.error("--clips, --frames, --sample, --rounds: expected positive values with "
+                     f"--sample <= --frames, got {args.clips}, {args.frames}, {args.sample}, "
+                     f"{args.rounds}")
+    if args.size % 2 or args.size < 16:
+        parser.error(f"--size: expected an even size >= 16 (H.264 yuv420p), got {args.size}")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
         samples = make_clips(root, args.clips, args.frames, args.size, 25.0)
@@ -86,7 +94,7 @@ def main() -> None:
     print(f"data module path with a {args.size // 2}px resize: {rate['ours_resize']:.1f} clips/s")
     print(f"datamodule_vs_decord_ratio: {rate['ours'] / rate['decord']:.2f} (target >= 0.9)")
     print(f"datamodule_resize_vs_decord_ratio: {rate['ours_resize'] / rate['decord']:.2f} "
-          "(informative, no target)")
+          "(target n/a, informative)")
 
 
 if __name__ == "__main__":

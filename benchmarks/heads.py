@@ -1,12 +1,16 @@
 """Cost of the four task heads relative to the LLM they sit on.
 
-A LLaMA causal LM of >= 50M parameters is built from a config (no download). One training
+A LLaMA causal LM (by default 58M parameters) is built from a config (no download). One training
 step (forward, backward, AdamW) on a batch of 4 sequences is timed twice, interleaved in the
 same run: the LM loss alone, and the LM loss plus the temporal, box, tracking and mask heads
 (default sizes) fed from the LLM's last hidden states — the task embeddings at four task-token
 positions and the visual tokens at the first ``T * N`` positions, as in a LLaVA-style model.
 
     python benchmarks/heads.py [--steps 6] [--seq-len 256] [--threads 1] [--device cpu]
+
+``--hidden-size``, ``--layers`` and ``--vocab-size`` shrink the LM (a smoke test runs
+``--hidden-size 64 --layers 1 --vocab-size 512 --seq-len 72 --steps 1 --warmup 0``); the
+figure is only meaningful at the default LM size, where the heads are a small part of a step.
 
 On a CPU shared with other jobs, multi-threaded timings are erratic (OpenMP threads wait on
 busy cores), so the default is one thread; the ratio, not the absolute time, is the figure.
@@ -30,14 +34,15 @@ from tpo.heads import BoxHead, MaskHead, TemporalGroundingHead, TrackingHead
 BATCH, FRAMES, GRID = 4, 4, 4  # 4 frames of 4x4 visual tokens
 
 
-def build_lm() -> LlamaForCausalLM:
+def build_lm(hidden_size: int = 512, layers: int = 8, vocab_size: int = 32000) -> LlamaForCausalLM:
+    heads = max(1, hidden_size // 64)
     config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=int(hidden_size * 2.6875),  # 1376 at 512
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
     )
@@ -84,12 +89,22 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--hidden-size", type=int, default=512, help="LM width (multiple of 64)")
+    parser.add_argument("--layers", type=int, default=8, help="LM decoder layers")
+    parser.add_argument("--vocab-size", type=int, default=32000)
     args = parser.parse_args()
+    min_len = FRAMES * GRID * GRID + 4  # visual tokens + one task token per head
+    if args.seq_len < min_len:
+        parser.error(f"--seq-len: expected at least {min_len} (visual + task tokens), got {args.seq_len}")
+    if args.hidden_size % 64 or args.hidden_size < 64:
+        parser.error(f"--hidden-size: expected a positive multiple of 64, got {args.hidden_size}")
+    if args.steps < 1:
+        parser.error(f"--steps: expected at least 1, got {args.steps}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    lm = build_lm().to(device)
+    lm = build_lm(args.hidden_size, args.layers, args.vocab_size).to(device)
     dim = lm.config.hidden_size
     heads = torch.nn.ModuleDict(
         {

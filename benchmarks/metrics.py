@@ -8,8 +8,11 @@
 shipped (``multiprocessing.Pool(8)``) and in one process. ``--davis``: a checkout of
 davisvideochallenge/davis2017-evaluation (needs opencv + scikit-image); ``db_eval_iou`` +
 ``db_eval_boundary`` are timed on 100 synthetic 480p frames. The official code is never
-vendored: without a path the script says so and prints only our timings. Ends with
-``name: value (target ...)`` lines.
+vendored: without a path (or without the packages it needs) the script says so and prints
+only our timings. Ends with ``name: value (target ...)`` lines.
+
+``--queries N`` takes the first N QVHighlights queries and ``--frames/--height/--width`` size
+the J&F masks; a smoke test runs tiny sizes with ``--repeats 1``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tpo.metrics import functional as TF
 DEFAULT_QV = Path(__file__).resolve().parents[2] / "shared/reference/qvhighlights"
 
 
-def best_of(fn, repeats: int) -> tuple[float, object]:
+def median_time(fn, repeats: int) -> tuple[float, object]:
     """Median wall time over ``repeats`` calls (after one warm-up) and the last result."""
     out = fn()
     times = []
@@ -59,24 +62,34 @@ class _SerialPool:
         return map(fn, items)
 
 
-def bench_qvhighlights(moment_detr: Path | None, qv_dir: Path, repeats: int) -> list[str]:
+def bench_qvhighlights(moment_detr: Path | None, qv_dir: Path, repeats: int,
+                       queries: int | None = None) -> list[str]:
     sub = load_jsonl(qv_dir / "sample_val_preds.jsonl.gz")
     gt = load_jsonl(qv_dir / "highlight_val_release.jsonl")
-    ours_s, ours = best_of(lambda: evaluate_qvhighlights(sub, gt), repeats)
+    if queries is not None:
+        gt = gt[:queries]
+        keep = {g["qid"] for g in gt}
+        sub = [s for s in sub if s["qid"] in keep]
+    ours_s, ours = median_time(lambda: evaluate_qvhighlights(sub, gt), repeats)
     print(f"QVHighlights, {len(gt)} queries: ours {ours_s:.3f} s")
-    lines = [f"qvhighlights_ours_s: {ours_s:.3f} (target n/a)"]
+    lines = [f"qvhighlights_ours_s: {ours_s:.4g} (target n/a)"]
     if moment_detr is None or not (moment_detr / "standalone_eval/eval.py").is_file():
         print(f"official Moment-DETR standalone_eval not found (--moment-detr {moment_detr}); "
               "skipping the comparison")
         return lines
     sys.path.insert(0, str(moment_detr))
-    official = importlib.import_module("standalone_eval.eval")
+    try:
+        official = importlib.import_module("standalone_eval.eval")
+    except ImportError as err:  # its own dependencies (numpy, scikit-learn)
+        print(f"official Moment-DETR standalone_eval in {moment_detr} does not import ({err}); "
+              "skipping the comparison")
+        return lines
     with contextlib.redirect_stdout(sys.stderr):
-        shipped_s, ref = best_of(lambda: official.eval_submission(sub, gt, verbose=False), 1)
+        shipped_s, ref = median_time(lambda: official.eval_submission(sub, gt, verbose=False), 1)
         pool = official.mp.Pool
         official.mp.Pool = _SerialPool
         try:
-            serial_s, ref_serial = best_of(
+            serial_s, ref_serial = median_time(
                 lambda: official.eval_submission(sub, gt, verbose=False), 1)
         finally:
             official.mp.Pool = pool
@@ -85,7 +98,7 @@ def bench_qvhighlights(moment_detr: Path | None, qv_dir: Path, repeats: int) -> 
     print(f"official as shipped (Pool(8)) {shipped_s:.2f} s, in one process {serial_s:.2f} s")
     fastest = min(shipped_s, serial_s)
     return lines + [
-        f"qvhighlights_official_s: {fastest:.2f} (target n/a)",
+        f"qvhighlights_official_s: {fastest:.4g} (target n/a)",
         f"qvhighlights_speedup: {fastest / ours_s:.1f} (target >= 20)",
         f"qvhighlights_identical: {str(same).lower()} (target true)",
     ]
@@ -95,22 +108,24 @@ def synthetic_masks(frames: int = 100, height: int = 480, width: int = 854, seed
     """Moving ellipses (prediction slightly off the target) with a little speckle noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
+    sy, sx = height / 480, width / 854  # the geometry is drawn for 480x854, scaled to the size
     gt = np.empty((frames, height, width), dtype=bool)
     pred = np.empty_like(gt)
     for t in range(frames):
-        cy, cx = 240 + 40 * np.sin(t / 15), 300 + 3 * t
-        gt[t] = ((yy - cy) / 140) ** 2 + ((xx - cx) / 190) ** 2 < 1
-        pred[t] = ((yy - cy - 6) / 130) ** 2 + ((xx - cx - 9) / 200) ** 2 < 1
+        cy, cx = sy * (240 + 40 * np.sin(t / 15)), sx * (300 + 3 * t)
+        gt[t] = ((yy - cy) / (140 * sy)) ** 2 + ((xx - cx) / (190 * sx)) ** 2 < 1
+        pred[t] = ((yy - cy - 6 * sy) / (130 * sy)) ** 2 + ((xx - cx - 9 * sx) / (200 * sx)) ** 2 < 1
         pred[t] ^= rng.random((height, width)) < 0.001
     return pred, gt
 
 
-def bench_j_and_f(davis: Path | None, repeats: int) -> list[str]:
-    pred, gt = synthetic_masks()
+def bench_j_and_f(davis: Path | None, repeats: int, frames: int = 100, height: int = 480,
+                  width: int = 854) -> list[str]:
+    pred, gt = synthetic_masks(frames, height, width)
     p, g = torch.from_numpy(pred), torch.from_numpy(gt)
-    ours_s, (j, f) = best_of(lambda: TF.j_and_f(p, g), repeats)
-    print(f"J&F, {len(pred)} frames 480x854: ours {ours_s:.3f} s")
-    lines = [f"jf_ours_s: {ours_s:.3f} (target n/a)"]
+    ours_s, (j, f) = median_time(lambda: TF.j_and_f(p, g), repeats)
+    print(f"J&F, {len(pred)} frames {height}x{width}: ours {ours_s:.3f} s")
+    lines = [f"jf_ours_s: {ours_s:.4g} (target n/a)"]
     path = None if davis is None else davis / "davis2017/metrics.py"
     if path is None or not path.is_file():
         print(f"official DAVIS davis2017/metrics.py not found (--davis {davis}); "
@@ -118,16 +133,20 @@ def bench_j_and_f(davis: Path | None, repeats: int) -> list[str]:
         return lines
     spec = importlib.util.spec_from_file_location("davis2017_metrics", path)
     official = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(official)
+    try:
+        spec.loader.exec_module(official)
+    except ImportError as err:  # its own dependencies (opencv, scikit-image)
+        print(f"official DAVIS {path} does not import ({err}); skipping the comparison")
+        return lines
 
     def run_official():
         return official.db_eval_iou(gt, pred), official.db_eval_boundary(gt, pred)
 
-    ref_s, (j_ref, f_ref) = best_of(run_official, max(1, repeats // 2))
+    ref_s, (j_ref, f_ref) = median_time(run_official, max(1, repeats // 2))
     same = bool(np.array_equal(j.numpy(), j_ref) and np.array_equal(f.numpy(), f_ref))
     print(f"official {ref_s:.3f} s; J {j.mean():.4f} F {f.mean():.4f}")
     return lines + [
-        f"jf_official_s: {ref_s:.3f} (target n/a)",
+        f"jf_official_s: {ref_s:.4g} (target n/a)",
         f"jf_speedup: {ref_s / ours_s:.1f} (target >= 10)",
         f"jf_identical: {str(same).lower()} (target true)",
     ]
@@ -140,14 +159,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--davis", type=Path, help="checkout of davis2017-evaluation")
     parser.add_argument("--qvhighlights", type=Path, default=DEFAULT_QV,
                         help="folder with highlight_val_release.jsonl + sample_val_preds.jsonl.gz")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--queries", type=int, help="only the first N QVHighlights queries")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls (median) per figure")
+    parser.add_argument("--frames", type=int, default=100, help="J&F mask frames")
+    parser.add_argument("--height", type=int, default=480, help="J&F mask height")
+    parser.add_argument("--width", type=int, default=854, help="J&F mask width")
     args = parser.parse_args(argv)
+    if min(args.repeats, args.frames) < 1 or min(args.height, args.width) < 16:
+        parser.error("--repeats, --frames: expected >= 1; --height, --width: expected >= 16")
+    if args.queries is not None and args.queries < 1:
+        parser.error(f"--queries: expected >= 1, got {args.queries}")
     lines = []
     if (args.qvhighlights / "highlight_val_release.jsonl").is_file():
-        lines += bench_qvhighlights(args.moment_detr, args.qvhighlights, args.repeats)
+        lines += bench_qvhighlights(args.moment_detr, args.qvhighlights, args.repeats,
+                                    args.queries)
     else:
         print(f"QVHighlights data not found in {args.qvhighlights}; skipping that benchmark")
-    lines += bench_j_and_f(args.davis, args.repeats)
+    lines += bench_j_and_f(args.davis, args.repeats, args.frames, args.height, args.width)
     print("\n".join(lines))
 
 

@@ -13,6 +13,8 @@ below 1 means training taught the LLM to ignore the words.
     python benchmarks/query_sensitivity.py demo_out/model demo_out/data [--batches 4]
 
 ``demo_out`` is what ``tpo demo --out demo_out`` wrote (the Predictor folder and the dataset).
+Tasks whose held-out prompts name no colour (GOT-10k tracking names the class only) have no
+figure. A smoke test runs an untrained Predictor on a few clips with ``--batches 1``.
 """
 
 from __future__ import annotations
@@ -88,7 +90,12 @@ def main() -> None:
     trained = Predictor.from_pretrained(args.model).module
     from tpo.demo import DEMO_MODEL
 
-    untrained = TPOModule(**DEMO_MODEL)
+    # the reference: the demo's configuration, with the trained backbone's modality-adaptive
+    # layers if it has them (``tpo demo --modality-adaptive``)
+    adaptive = trained.backbone.modality_adaptive
+    backbone = {**DEMO_MODEL["backbone"],
+                "modality_adaptive": False if adaptive is None else adaptive.num_modalities}
+    untrained = TPOModule(**{**DEMO_MODEL, "backbone": backbone})
     result = sensitivity({"trained": trained, "untrained": untrained}, args.data, args.batches)
     ours, reference = result["trained"], result["untrained"]
     print(f"{'task':10s} {'trained':>9s} {'untrained':>10s}")
@@ -99,6 +106,7 @@ def main() -> None:
         print(f"{task:10s} {ours[task]:9.4f} {reference[task]:10.4f}")
     for task in ours:
         print(f"query_sensitivity_ratio_{task}: {ours[task] / reference[task]:.2f} (target > 1)")
+
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ from tpo.datamodules.formats._frames import write_frames
 from tpo.datamodules.samples import ConversationSample, MomentSample, RefSample
 
 __all__ = ["COLOURS", "DIRECTIONS", "SHAPES", "SyntheticDataset", "make_synthetic_dataset",
-           "render_clip", "write_h264"]
+           "random_objects", "render_clip", "write_h264"]
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
            "yellow": (240, 220, 40)}
@@ -120,9 +120,15 @@ def _bbox_xywh(mask: np.ndarray) -> np.ndarray:
                     dtype=np.float64)
 
 
-def _random_objects(rng: np.random.Generator, size: int, num_frames: int,
-                    object_size: tuple[float, float], visible_fraction: tuple[float, float]
-                    ) -> list[ObjectSpec]:
+def random_objects(rng: np.random.Generator, size: int, num_frames: int,
+                   object_size: tuple[float, float] = (0.11, 0.15),
+                   visible_fraction: tuple[float, float] = (0.25, 1.0)) -> list[ObjectSpec]:
+    """Two random objects of one clip (distinct looks), for :func:`render_clip`.
+
+    Each object is visible for ``visible_fraction`` of the ``num_frames`` frames (at least 3),
+    has a radius of ``object_size`` times ``size`` pixels and moves in a straight line that
+    stays inside the frame. The defaults are :func:`make_synthetic_dataset`'s.
+    """
     looks = [(c, s) for c in COLOURS for s in SHAPES]
     picks = rng.choice(len(looks), size=2, replace=False)
     shortest = max(min(3, num_frames), int(visible_fraction[0] * num_frames))
@@ -266,7 +272,7 @@ def make_synthetic_dataset(root: str | os.PathLike, n_videos: int = 200, *, size
         clips[split] = []
         for i in indices:
             vid = f"clip{i:05d}"
-            objects = _random_objects(rng, size, num_frames, object_size, visible_fraction)
+            objects = random_objects(rng, size, num_frames, object_size, visible_fraction)
             frames, labels = render_clip(objects, size, num_frames)
             write_h264(os.path.join(root, "videos", f"{vid}.mp4"), frames, fps)
             areas = [(labels == k + 1).sum(axis=(1, 2)) for k in range(len(objects))]
