@@ -5,6 +5,7 @@
 """
 
 from tpo.metrics import functional
+from tpo.metrics._validate import EmptyMetricWarning, SaliencyLengthWarning
 from tpo.metrics.grounding import GroundingAccuracy
 from tpo.metrics.moments import HighlightDetection, MomentRetrieval
 from tpo.metrics.qvhighlights import (
@@ -20,11 +21,13 @@ from tpo.metrics.tracking import GOT10kMetrics, TrackingSuccess
 __all__ = [
     "HIGHLIGHT_LEVELS",
     "QVHIGHLIGHTS_LENGTH_BUCKETS",
+    "EmptyMetricWarning",
     "GOT10kMetrics",
     "GroundingAccuracy",
     "HighlightDetection",
     "JAndF",
     "MomentRetrieval",
+    "SaliencyLengthWarning",
     "TrackingSuccess",
     "evaluate_charades_sta",
     "evaluate_qvhighlights",

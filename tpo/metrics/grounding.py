@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from tpo.metrics.functional.boxes import box_iou
+from tpo.metrics._validate import empty_result
+from tpo.metrics.functional.boxes import box_iou, check_xyxy
 from tpo.metrics.functional.masks import mask_intersection_union
 
 __all__ = ["GroundingAccuracy"]
@@ -21,9 +22,14 @@ class GroundingAccuracy(Metric):
       ``refCOCO`` evaluation, an empty union counting as IoU 1.
 
     For either input, ``giou`` is the mean of per-sample IoUs and ``ciou`` the total
-    intersection over the total union (area units: px^2 for boxes, pixels for masks).
+    intersection over the total union (area units: px^2 for boxes, pixels for masks); a total
+    union of 0 (every mask empty) gives ``ciou`` 0, as LISA's ``intersection / (union + 1e-10)``.
+    A metric that holds no sample returns NaN everywhere with an
+    :class:`~tpo.metrics.EmptyMetricWarning`.
 
-    ``update(preds, target)``: both ``(N, 4)`` boxes or both ``(N, H, W)`` masks.
+    ``update(preds, target)``: both ``(N, 4)`` boxes or both ``(N, H, W)`` masks. ``ValueError``
+    for shapes that differ (masks of another size than the target's), NaN / infinite box
+    coordinates or boxes with ``x2 < x1`` / ``y2 < y1``.
     """
 
     is_differentiable = False
@@ -37,11 +43,17 @@ class GroundingAccuracy(Metric):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
+        for name, x in (("preds", preds), ("target", target)):
+            if not isinstance(x, Tensor):
+                raise ValueError(f"{name}: expected a tensor of (N, 4) boxes or (N, H, W) masks, "
+                                 f"got {type(x).__name__}")
         if preds.shape != target.shape:
             raise ValueError(f"target: expected shape {tuple(preds.shape)} like preds, "
                              f"got {tuple(target.shape)}")
         if preds.ndim == 2 and preds.shape[-1] == 4:
             p, t = preds.detach().cpu().to(torch.float64), target.detach().cpu().to(torch.float64)
+            check_xyxy(p, "boxes1", "preds")
+            check_xyxy(t, "boxes2", "target")
             iou = box_iou(p, t)
             lt = torch.maximum(p[:, :2], t[:, :2])
             rb = torch.minimum(p[:, 2:], t[:, 2:])
@@ -62,9 +74,10 @@ class GroundingAccuracy(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         n = self.count.clamp(min=1)
-        return {
+        out = {
             f"acc@{self.iou_threshold:g}": self.hits / n,
             "giou": self.iou_sum / n,
             "ciou": torch.where(self.union_sum > 0,
-                                self.inter_sum / self.union_sum.clamp(min=1e-12), 1.0),
+                                self.inter_sum / self.union_sum.clamp(min=1e-12), 0.0),
         }
+        return empty_result(self, out, "samples") if bool(self.count == 0) else out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from tpo.metrics._validate import SaliencyLengthWarning, check_sequence_arg, empty_result
 from tpo.metrics.functional.moments import (
     MAP_IOU_THRESHOLDS,
     highlight_average_precision,
@@ -34,7 +36,12 @@ class MomentRetrieval(Metric):
     ``length_buckets`` (e.g. :data:`tpo.metrics.QVHIGHLIGHTS_LENGTH_BUCKETS`) adds per-bucket
     mAP/R1/mIoU over queries that have a ground-truth window of length in ``(low, high]``
     seconds, scored against those windows only. A query without predictions scores 0 (the
-    official script drops it from mAP and crashes in R1).
+    official script drops it from mAP and crashes in R1). A bucket that holds no query scores 0,
+    as in the official script; a metric that holds no query at all returns NaN everywhere with
+    an :class:`~tpo.metrics.EmptyMetricWarning`.
+
+    Raises ``ValueError`` naming ``preds[i]`` / ``target[i]`` for a wrong shape, a NaN or
+    infinite number, or a window with start > end.
 
     ``update(preds, target)``:
         preds: list of ``(P_i, 3)`` (start, end, score) or ``(P_i, 2)`` windows (then the
@@ -75,6 +82,8 @@ class MomentRetrieval(Metric):
         self.add_state("count", torch.zeros(b, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[Tensor], target: Sequence[Tensor]) -> None:
+        check_sequence_arg(preds, "preds", "(P, 3) (start, end, score) windows")
+        check_sequence_arg(target, "target", "(G, 2) (start, end) windows")
         if len(preds) != len(target):
             raise ValueError(f"preds has {len(preds)} queries but target has {len(target)}")
         preds = [p.detach().cpu() for p in preds]
@@ -110,6 +119,7 @@ class MomentRetrieval(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
+        empty = bool(self.count[0] == 0)
         for b, name in enumerate(self.buckets):
             n = self.count[b].clamp(min=1)
             prefix = "" if name == "full" else f"{name}-"
@@ -121,7 +131,7 @@ class MomentRetrieval(Metric):
             for t, v in zip(self.r1_thresholds, self.r1_hits[b] / n, strict=True):
                 out[f"{prefix}R1@{t}"] = v
             out[f"{prefix}mIoU"] = self.iou_sum[b] / n
-        return out
+        return empty_result(self, out, "queries") if empty else out
 
 
 class HighlightDetection(Metric):
@@ -132,7 +142,11 @@ class HighlightDetection(Metric):
     per-video AP of the predicted saliency (scikit-learn precision/recall, interpolated; the
     prediction is cut or zero-padded to the video's clips); HIT@1 takes the clip with the
     highest predicted score (first on ties) and counts a hit when any annotator marks it
-    positive. Values are fractions in [0, 1].
+    positive. Values are fractions in [0, 1]. A prediction of another length than the video's
+    clips is cut or zero-padded as the official code does, with a
+    :class:`~tpo.metrics.SaliencyLengthWarning` naming ``preds[i]``; NaN / infinite scores raise
+    ``ValueError``. A metric that holds no query returns NaN everywhere with an
+    :class:`~tpo.metrics.EmptyMetricWarning`.
 
     ``update(preds, target)``:
         preds: list of ``(S_i,)`` predicted saliency per clip.
@@ -155,6 +169,8 @@ class HighlightDetection(Metric):
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Sequence[Tensor], target: Sequence[Tensor]) -> None:
+        check_sequence_arg(preds, "preds", "(S,) saliency scores")
+        check_sequence_arg(target, "target", "(C, A) annotator scores")
         if len(preds) != len(target):
             raise ValueError(f"preds has {len(preds)} queries but target has {len(target)}")
         if not preds:
@@ -172,6 +188,15 @@ class HighlightDetection(Metric):
                 raise ValueError(f"target[{i}]: expected (C, {max(a, 1)}) annotator scores, "
                                  f"got {tuple(t.shape)}")
         flat, cmask = pad_windows([t.reshape(t.shape[0], -1) for t in target], a, "target")
+        wrong = [i for i, (p, t) in enumerate(zip(preds, target, strict=True))
+                 if p.shape[0] != t.shape[0]]
+        if wrong:
+            i = wrong[0]
+            more = f" (and {len(wrong) - 1} more: {wrong[1:6]})" if len(wrong) > 1 else ""
+            warnings.warn(f"preds[{i}]: {preds[i].shape[0]} saliency scores for the "
+                          f"{target[i].shape[0]} clips of target[{i}]{more}; cut or zero-padded "
+                          "to the clip count, as Moment-DETR's standalone_eval does",
+                          SaliencyLengthWarning, stacklevel=2)
         c = cmask.shape[1]
         aligned = torch.zeros(len(preds), c, dtype=torch.float64)
         w = min(c, raw.shape[1])
@@ -191,4 +216,4 @@ class HighlightDetection(Metric):
         for k, name in enumerate(self.levels):
             out[f"{name}-mAP"] = self.ap_sum[k] / n
             out[f"{name}-Hit1"] = self.hit_sum[k] / n
-        return out
+        return empty_result(self, out, "queries") if bool(self.count == 0) else out

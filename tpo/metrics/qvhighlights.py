@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
+import numbers
+import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tpo.metrics._validate import SaliencyLengthWarning
 from tpo.metrics.functional.moments import (
     MAP_IOU_THRESHOLDS,
     highlight_average_precision,
@@ -91,14 +95,30 @@ def _pack(rows: Sequence[Sequence[Sequence[float]]], width: int, qids: Sequence[
 
 def _check_windows(windows: np.ndarray, mask: np.ndarray, qids: Sequence[Any],
                    what: str) -> None:
+    """Finite numbers and ``start <= end`` in every real row; ``ValueError`` naming the qid."""
+    finite = np.isfinite(windows).all(-1)
+    bad = np.argwhere(mask & ~finite)
+    if len(bad):
+        q, n = bad[0]
+        raise ValueError(f"qid {qids[q]}: {what} has a non-finite entry {windows[q, n].tolist()}")
     bad = np.flatnonzero((mask & (windows[..., 0] > windows[..., 1])).any(-1))
     if len(bad):
         raise ValueError(f"qid {qids[bad[0]]}: {what} has a window with start > end")
 
 
+def _field(rows: Sequence[Mapping], key: str, what: str) -> list:
+    """``row[key]`` of every row; ``ValueError`` naming the first qid whose row lacks it."""
+    for r in rows:
+        if key not in r:
+            raise ValueError(f"qid {r.get('qid')}: {what} row has no {key!r}")
+    return [r[key] for r in rows]
+
+
 def _index(rows: Sequence[dict], what: str) -> dict[Any, dict]:
     out: dict[Any, dict] = {}
     for i, r in enumerate(rows):
+        if not isinstance(r, Mapping):
+            raise ValueError(f"{what}[{i}]: expected a dict (one jsonl row), got {type(r).__name__}")
         if "qid" not in r:
             raise ValueError(f"{what}[{i}]: row has no 'qid'")
         if r["qid"] in out:
@@ -126,8 +146,9 @@ def _moment_retrieval(submission: Sequence[dict], gts: Sequence[dict],
     for g in gts:
         if not g.get("relevant_windows"):
             raise ValueError(f"qid {g['qid']}: ground truth has no relevant_windows")
-    pred, pmask = _pack([r["pred_relevant_windows"][:max_pred_windows] for r in submission], 3,
-                        qids, "pred_relevant_windows")
+    windows = _field(submission, "pred_relevant_windows", "submission")
+    pred, pmask = _pack([w[:max_pred_windows] for w in windows], 3, qids,
+                        "pred_relevant_windows")
     gt, gmask = _pack([g["relevant_windows"] for g in gts], 2, qids, "relevant_windows")
     _check_windows(pred, pmask, qids, "pred_relevant_windows")
     _check_windows(gt, gmask, qids, "relevant_windows")
@@ -186,15 +207,27 @@ def _scatter(flat: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _highlight_labels(gts: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``(Q, C, 3)`` annotator scores 0..4 over all 2-s clips and the ``(Q, C)`` clip mask."""
     qids = [g["qid"] for g in gts]
-    n_clips = np.fromiter((int(g["duration"] / CLIP_SECONDS) for g in gts), dtype=np.int64,
+    durations = _field(gts, "duration", "ground_truth")
+    for qid, d in zip(qids, durations, strict=True):
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not math.isfinite(d) or d <= 0:
+            raise ValueError(f"qid {qid}: duration must be a finite number of seconds > 0, "
+                             f"got {d!r}")
+    n_clips = np.fromiter((int(d / CLIP_SECONDS) for d in durations), dtype=np.int64,
                           count=len(gts))
-    ids, id_lens = _flat([g["relevant_clip_ids"] for g in gts], "relevant_clip_ids", qids)
-    sal, sal_lens = _flat([g["saliency_scores"] for g in gts], "saliency_scores", qids)
+    ids, id_lens = _flat(_field(gts, "relevant_clip_ids", "ground_truth"), "relevant_clip_ids",
+                         qids)
+    sal, sal_lens = _flat(_field(gts, "saliency_scores", "ground_truth"), "saliency_scores", qids)
     bad = np.flatnonzero(id_lens != sal_lens)
     if len(bad) or (len(sal) and sal.shape[1:] != (3,)):
         bad = bad if len(bad) else np.flatnonzero(sal_lens)
         raise ValueError(f"qid {qids[bad[0]]}: saliency_scores needs one [a0, a1, a2] per "
                          "relevant clip")
+    _check_finite(sal, sal_lens, qids, "saliency_scores")
+    _check_finite(ids, id_lens, qids, "relevant_clip_ids")
+    bad = np.flatnonzero(ids.reshape(len(ids), -1) != np.round(ids.reshape(len(ids), -1)))
+    if len(bad) or (len(ids) and ids.ndim != 1):
+        q = np.repeat(np.arange(len(gts)), id_lens)[bad[0] if len(bad) else 0]
+        raise ValueError(f"qid {qids[q]}: relevant_clip_ids must be a list of whole numbers")
     q_idx = np.repeat(np.arange(len(gts)), id_lens)
     ids = ids.astype(np.int64)
     bad = np.flatnonzero((ids < 0) | (ids >= n_clips[q_idx]))
@@ -208,11 +241,42 @@ def _highlight_labels(gts: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     return scores, np.arange(scores.shape[1])[None, :] < n_clips[:, None]
 
 
+def _check_finite(flat: np.ndarray, lens: np.ndarray, qids: Sequence[Any], what: str) -> None:
+    """Flat ``(sum(lens), ...)`` values must be finite; ``ValueError`` naming the qid."""
+    bad = np.flatnonzero(~np.isfinite(flat.reshape(len(flat), -1)).all(-1))
+    if len(bad):
+        q = np.repeat(np.arange(len(lens)), lens)[bad[0]]
+        raise ValueError(f"qid {qids[q]}: {what} has a non-finite value {flat[bad[0]].tolist()}")
+
+
+def _warn_saliency_length(qids: Sequence[Any], lens: np.ndarray, n_clips: np.ndarray,
+                          gts: Sequence[dict]) -> None:
+    """One :class:`SaliencyLengthWarning` naming the qids whose saliency is not one per clip."""
+    bad = np.flatnonzero(lens != n_clips)
+    if not len(bad):
+        return
+    first = bad[0]
+    more = f" (and {len(bad) - 1} more qids: {[qids[i] for i in bad[1:6]]})" if len(bad) > 1 else ""
+    warnings.warn(
+        f"qid {qids[first]}: pred_saliency_scores has {lens[first]} scores for the "
+        f"{n_clips[first]} clips of its {gts[first]['duration']} s video{more}; cut or zero-padded "
+        "to the clip count, as Moment-DETR's standalone_eval does",
+        SaliencyLengthWarning,
+        stacklevel=4,
+    )
+
+
 def _highlight(submission: Sequence[dict], gts: Sequence[dict]) -> dict[str, dict]:
     qids = [r["qid"] for r in submission]
     gt_scores, cmask = _highlight_labels(gts)
-    raw, raw_mask = _scatter(*_flat([r["pred_saliency_scores"] for r in submission],
-                                    "pred_saliency_scores", qids))
+    flat, lens = _flat(_field(submission, "pred_saliency_scores", "submission"),
+                       "pred_saliency_scores", qids)
+    if len(flat) and flat.ndim != 1:
+        raise ValueError(f"qid {qids[np.flatnonzero(lens)[0]]}: pred_saliency_scores must be a "
+                         "flat list of numbers, one per clip")
+    _check_finite(flat, lens, qids, "pred_saliency_scores")
+    _warn_saliency_length(qids, lens, cmask.sum(1), gts)
+    raw, raw_mask = _scatter(flat, lens)
     c = cmask.shape[1]
     aligned = np.zeros((len(qids), c))
     width = min(c, raw.shape[1])
@@ -240,12 +304,20 @@ def evaluate_qvhighlights(submission: Sequence[dict], ground_truth: Sequence[dic
     ``pred_relevant_windows`` is left out of the mAP average, as in the official code, and
     scores an R1 miss (where the official code raises).
 
+    ``pred_saliency_scores`` of another length than the video's 2-s clips are cut or
+    zero-padded, as the official code does, with a :class:`~tpo.metrics.SaliencyLengthWarning`
+    naming the qids.
+
     Raises:
-        ValueError: unknown/missing/duplicate qids, windows with start > end, malformed rows.
+        ValueError: unknown/missing/duplicate qids, windows with start > end, NaN / infinite
+            numbers, rows lacking a field the first row has, malformed rows.
     """
     if not submission:
         raise ValueError("submission is empty")
     gts = _match(submission, ground_truth)
+    if not any(k in submission[0] for k in ("pred_relevant_windows", "pred_saliency_scores")):
+        raise ValueError(f"qid {submission[0]['qid']}: submission row has neither "
+                         "'pred_relevant_windows' nor 'pred_saliency_scores'")
     metrics: dict[str, dict] = {}
     brief: OrderedDict[str, float] = OrderedDict()
     if "pred_relevant_windows" in submission[0]:
@@ -286,8 +358,8 @@ def evaluate_charades_sta(predictions: Sequence[dict], annotations: Sequence[dic
         raise ValueError("predictions are empty")
     gts = _match(predictions, annotations)
     qids = [r["qid"] for r in predictions]
-    pred, pmask = _pack([[w[:2] for w in r["pred_relevant_windows"][:1]] for r in predictions], 2,
-                        qids, "pred_relevant_windows")
+    windows = _field(predictions, "pred_relevant_windows", "predictions")
+    pred, pmask = _pack([w[:1] for w in windows], 2, qids, "pred_relevant_windows")
     gt, gmask = _pack([g["relevant_windows"] for g in gts], 2, qids, "relevant_windows")
     _check_windows(pred, pmask, qids, "pred_relevant_windows")
     _check_windows(gt, gmask, qids, "relevant_windows")

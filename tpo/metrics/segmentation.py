@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from tpo.metrics._validate import empty_result
 from tpo.metrics.functional.masks import j_and_f
 
 __all__ = ["JAndF"]
@@ -22,7 +23,10 @@ class JAndF(Metric):
     0.5. ``drop_first_last=True`` ignores the first and last frame as the DAVIS 2017
     semi-supervised evaluation does.
 
-    ``update(preds (T, H, W), target (T, H, W), void (T, H, W) | None)``, masks nonzero = object.
+    ``update(preds (T, H, W), target (T, H, W), void (T, H, W) | None)``, masks nonzero = object;
+    ``ValueError`` when ``target`` or ``void`` has another frame count or size than ``preds``,
+    or a mask holds NaN. A metric that holds no object returns NaN everywhere with an
+    :class:`~tpo.metrics.EmptyMetricWarning`.
     """
 
     is_differentiable = False
@@ -38,9 +42,21 @@ class JAndF(Metric):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor, void: Tensor | None = None) -> None:
+        for name, x in (("preds", preds), ("target", target), ("void", void)):
+            if x is None and name == "void":
+                continue
+            if not isinstance(x, Tensor):
+                raise ValueError(f"{name}: expected a (T, H, W) tensor of masks, got "
+                                 f"{type(x).__name__}")
+            if x.is_floating_point() and bool(x.isnan().any()):
+                raise ValueError(f"{name}: mask holds NaN; expected bool or 0/1 masks")
         if preds.ndim != 3 or preds.shape[0] == 0:
             raise ValueError(f"preds: expected (T, H, W) masks with T >= 1, got "
                              f"{tuple(preds.shape)}")
+        for name, x in (("target", target), ("void", void)):
+            if x is not None and x.shape != preds.shape:
+                raise ValueError(f"{name}: expected shape {tuple(preds.shape)} (T, H, W) like "
+                                 f"preds, got {tuple(x.shape)}")
         if self.drop_first_last:
             if preds.shape[0] < 3:
                 raise ValueError(f"preds: drop_first_last needs >= 3 frames, got {preds.shape[0]}")
@@ -56,5 +72,6 @@ class JAndF(Metric):
     def compute(self) -> dict[str, Tensor]:
         n = self.objects.clamp(min=1)
         j, f = self.j_sum / n, self.f_sum / n
-        return {"J&F": (j + f) / 2, "J": j, "F": f, "J-recall": self.j_recall_sum / n,
-                "F-recall": self.f_recall_sum / n}
+        out = {"J&F": (j + f) / 2, "J": j, "F": f, "J-recall": self.j_recall_sum / n,
+               "F-recall": self.f_recall_sum / n}
+        return empty_result(self, out, "objects") if bool(self.objects == 0) else out

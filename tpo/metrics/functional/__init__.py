@@ -27,8 +27,8 @@ from tpo.metrics.functional.moments import (
     moment_average_precision,
     moment_top1_iou,
     pad_windows,
+    temporal_iou,
 )
-from tpo.ops.spans import temporal_iou
 
 __all__ = [
     "MAP_IOU_THRESHOLDS",

@@ -36,10 +36,15 @@ def _as_frames(mask: Tensor, name: str) -> Tensor:
     if mask.ndim not in (2, 3):
         raise ValueError(f"{name}: expected (T, H, W) or (H, W) masks, got {tuple(mask.shape)}")
     mask = mask.detach().cpu()
+    if mask.is_floating_point() and bool(mask.isnan().any()):
+        raise ValueError(f"{name}: mask holds NaN; expected bool or 0/1 masks (nonzero = object)")
     return (mask if mask.dtype == torch.bool else mask != 0).reshape(-1, *mask.shape[-2:])
 
 
 def _check(pred: Tensor, gt: Tensor, void: Tensor | None) -> None:
+    for name, x in (("pred", pred), ("gt", gt), ("void", void)):
+        if not isinstance(x, Tensor) and (x is not None or name != "void"):
+            raise ValueError(f"{name}: expected a tensor of masks, got {type(x).__name__}")
     if pred.shape != gt.shape:
         raise ValueError(f"gt: expected shape {tuple(pred.shape)} like pred, got {tuple(gt.shape)}")
     if void is not None and void.shape != gt.shape:

@@ -26,9 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tpo.metrics._validate import first_bad
+from tpo.ops import spans as _spans
+
 __all__ = [
     "MAP_IOU_THRESHOLDS",
     "pad_windows",
+    "temporal_iou",
     "cross_temporal_iou",
     "moment_average_precision",
     "moment_top1_iou",
@@ -45,9 +49,12 @@ def pad_windows(
 ) -> tuple[Tensor, Tensor]:
     """Stack per-query ``(n_i, width)`` float tensors into ``(Q, N, width)`` plus a ``(Q, N)`` mask.
 
-    Raises ``ValueError`` naming ``name[i]`` when an entry is not ``(n, width)``.
+    Raises ``ValueError`` naming ``name[i]`` when an entry is not a ``(n, width)`` tensor or
+    holds a NaN / infinite value.
     """
     for i, w in enumerate(windows):
+        if not isinstance(w, Tensor):
+            raise ValueError(f"{name}[{i}]: expected a (n, {width}) tensor, got {type(w).__name__}")
         if w.ndim != 2 or w.shape[1] != width:
             raise ValueError(f"{name}[{i}]: expected shape (n, {width}), got {tuple(w.shape)}")
     q = len(windows)
@@ -57,11 +64,77 @@ def pad_windows(
     for i, w in enumerate(windows):
         out[i, : w.shape[0]] = w.to(torch.float64)
         mask[i, : w.shape[0]] = True
+    bad = first_bad(~torch.isfinite(out).all(-1))
+    if bad is not None:
+        raise ValueError(f"{name}[{bad[0]}]: row {bad[1]} is {out[bad].tolist()}; "
+                         "expected finite values")
     return out, mask
 
 
 def _np(x: Tensor, dtype: type = np.float64) -> np.ndarray:
     return x.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def _fail(name: str, expected: str, x: Tensor) -> None:
+    raise ValueError(f"{name}: expected {expected}, got shape {tuple(x.shape)}")
+
+
+def _check_windows(name: str, windows: Tensor, mask: Tensor | None, queries: int | None,
+                   like: str = "pred") -> None:
+    """``windows (Q, N, 2)`` (start, end), optional ``mask (Q, N)``: shapes, finite values and
+    ``start <= end`` where the mask is True; ``ValueError`` naming ``name[q, n]``."""
+    if windows.ndim != 3 or windows.shape[-1] != 2:
+        _fail(name, "(Q, N, 2) (start, end) windows", windows)
+    if queries is not None and windows.shape[0] != queries:
+        raise ValueError(f"{name}: expected {queries} queries like {like}, got shape "
+                         f"{tuple(windows.shape)}")
+    if mask is not None and tuple(mask.shape) != tuple(windows.shape[:2]):
+        raise ValueError(f"{name}_mask: expected shape {tuple(windows.shape[:2])} like {name}, "
+                         f"got {tuple(mask.shape)}")
+    w = _np(windows)
+    m = np.ones(w.shape[:2], dtype=bool) if mask is None else _np(mask, bool)
+    bad = first_bad(m & ~np.isfinite(w).all(-1))
+    if bad is not None:
+        raise ValueError(f"{name}[{bad[0]}, {bad[1]}]: window {w[bad].tolist()} is not finite")
+    bad = first_bad(m & (w[..., 0] > w[..., 1]))
+    if bad is not None:
+        raise ValueError(f"{name}[{bad[0]}, {bad[1]}]: window {w[bad].tolist()} has start > end")
+
+
+def _check_scores(name: str, scores: Tensor, mask: Tensor, mask_name: str) -> None:
+    """``scores`` shaped like ``mask`` and finite where it is True."""
+    if tuple(scores.shape) != tuple(mask.shape):
+        raise ValueError(f"{name}: expected shape {tuple(mask.shape)} like {mask_name}, "
+                         f"got {tuple(scores.shape)}")
+    bad = first_bad(_np(mask, bool) & ~np.isfinite(_np(scores)))
+    if bad is not None:
+        raise ValueError(f"{name}{list(bad)}: score {float(_np(scores)[bad])} is not finite")
+
+
+def _check_labels(labels: Tensor, mask: Tensor, queries: int) -> None:
+    if labels.ndim != 3 or labels.shape[0] != queries:
+        _fail("labels", f"({queries}, C, A) bool per clip and annotator", labels)
+    if tuple(mask.shape) != tuple(labels.shape[:2]):
+        raise ValueError(f"mask: expected shape {tuple(labels.shape[:2])} like labels, "
+                         f"got {tuple(mask.shape)}")
+
+
+def temporal_iou(spans_a: Tensor, spans_b: Tensor) -> Tensor:
+    """Pairwise temporal IoU of ``(N, 2)`` and ``(M, 2)`` (start, end) spans -> ``(N, M)``
+    (:func:`tpo.ops.spans.temporal_iou`, after checking the spans: finite, ``start <= end``).
+
+    A pair whose union is empty (two zero-length spans) has IoU 0.
+    """
+    for name, spans in (("spans_a", spans_a), ("spans_b", spans_b)):
+        if spans.ndim != 2 or spans.shape[-1] != 2:
+            _fail(name, "(N, 2) spans as (start, end)", spans)
+        w = _np(spans)
+        for bad, why in ((~np.isfinite(w).all(-1), "is not finite"), (w[:, 0] > w[:, 1],
+                                                                     "has start > end")):
+            row = first_bad(bad)
+            if row is not None:
+                raise ValueError(f"{name}[{row[0]}]: span {w[row[0]].tolist()} {why}")
+    return _spans.temporal_iou(spans_a, spans_b)
 
 
 def _iou_np(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -77,8 +150,11 @@ def _iou_np(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def cross_temporal_iou(pred: Tensor, gt: Tensor) -> Tensor:
     """Batched pairwise IoU, ``pred (Q, P, 2)`` x ``gt (Q, G, 2)`` (start, end) -> ``(Q, P, G)``.
 
-    ``intersection / (len_a + len_b - intersection)``; an empty union gives 0.
+    ``intersection / (len_a + len_b - intersection)``; an empty union gives 0. ``ValueError``
+    when the shapes disagree, a window is NaN / infinite or has ``start > end``.
     """
+    _check_windows("pred", pred, None, None)
+    _check_windows("gt", gt, None, pred.shape[0])
     return torch.from_numpy(_iou_np(_np(pred), _np(gt)))
 
 
@@ -109,7 +185,13 @@ def moment_average_precision(
     Returns:
         ``(Q, K)`` float64 AP in [0, 1] for the ``K`` thresholds; 0 for a query without
         predictions.
+
+    Raises:
+        ValueError: shapes that disagree, NaN / infinite windows or scores, ``start > end``.
     """
+    _check_windows("pred", pred, pred_mask, None)
+    _check_scores("scores", scores, pred_mask, "pred_mask")
+    _check_windows("gt", gt, gt_mask, pred.shape[0])
     pm, gm = _np(pred_mask, bool), _np(gt_mask, bool)
     q, p = pm.shape
     thr = np.asarray(thresholds, dtype=np.float64)
@@ -158,7 +240,12 @@ def moment_top1_iou(pred: Tensor, pred_mask: Tensor, gt: Tensor, gt_mask: Tensor
     Returns:
         ``(Q,)`` float64: the window of highest IoU is chosen (first on ties), and the IoU
         reported is ``intersection / hull`` as Moment-DETR's R1 does.
+
+    Raises:
+        ValueError: shapes that disagree, NaN / infinite windows, ``start > end``.
     """
+    _check_windows("pred", pred, pred_mask, None)
+    _check_windows("gt", gt, gt_mask, pred.shape[0])
     q = pred.shape[0]
     if q == 0 or pred.shape[1] == 0:
         return torch.zeros(q, dtype=torch.float64)
@@ -184,7 +271,14 @@ def highlight_average_precision(scores: Tensor, labels: Tensor, mask: Tensor) ->
 
     Returns:
         ``(Q, A)`` float64 AP in [0, 1].
+
+    Raises:
+        ValueError: shapes that disagree, NaN / infinite scores of real clips.
     """
+    if scores.ndim != 2:
+        _fail("scores", "(Q, C) saliency per clip", scores)
+    _check_labels(labels, mask, scores.shape[0])
+    _check_scores("scores", scores, mask, "mask")
     q, c, a = labels.shape
     if q == 0:
         return torch.zeros(0, a, dtype=torch.float64)
@@ -224,7 +318,14 @@ def highlight_hit_at_one(
     Returns:
         ``(Q, A)`` bool: ``labels[argmax(scores)]`` (first maximum), False when the top clip
         lies beyond the video's clips or the query has no scores.
+
+    Raises:
+        ValueError: shapes that disagree, NaN / infinite real scores.
     """
+    if scores.ndim != 2:
+        _fail("scores", "(Q, S) saliency", scores)
+    _check_scores("scores", scores, score_mask, "score_mask")
+    _check_labels(labels, mask, scores.shape[0])
     q, c, a = labels.shape
     if q == 0 or scores.shape[1] == 0 or c == 0:
         return torch.zeros(q, a, dtype=torch.bool)
