@@ -9,8 +9,9 @@ running this script again. Rank 0 writes ``OUT``.
   the task counts per rank differ, and the sampler pads one repeat. ``OUT`` is JSON of the
   logged values.
 - ``grads``: one training step; ``OUT`` (``torch.save``) holds every trainable parameter's
-  gradient after DDP's all-reduce, i.e. what the optimizer would see. 2 processes with batches
-  of ``BATCH`` see together exactly the batch of ``2 * BATCH`` that one process sees.
+  gradient after DDP's all-reduce, i.e. what the optimizer would see, and the tasks of each
+  process's batch. 2 processes with batches of ``BATCH`` see together exactly the batch of
+  ``2 * BATCH`` that one process sees.
 """
 
 from __future__ import annotations
@@ -74,8 +75,18 @@ def main(mode: str, root: str, out: str, devices: int) -> None:
             Path(out).write_text(json.dumps({"world_size": trainer.world_size, "logged": logged}))
         return
     grads: dict[str, torch.Tensor] = {}
+    tasks: list[list[str]] = []
 
     class KeepGradients(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            local = sorted(batch["targets"])
+            if trainer.world_size > 1:
+                gathered: list = [None] * trainer.world_size
+                torch.distributed.all_gather_object(gathered, local)
+                tasks.extend(gathered)
+            else:
+                tasks.append(local)
+
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
             grads.update({n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
                           if p.grad is not None})
@@ -85,7 +96,7 @@ def main(mode: str, root: str, out: str, devices: int) -> None:
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, callbacks=[KeepGradients()], **trainer_options)
     trainer.fit(module, datamodule=dm)
     if trainer.global_rank == 0:
-        torch.save({"world_size": trainer.world_size, "grads": grads}, out)
+        torch.save({"world_size": trainer.world_size, "grads": grads, "tasks": tasks}, out)
 
 
 if __name__ == "__main__":

@@ -53,16 +53,20 @@ def test_ddp_validation_with_a_task_on_one_rank_and_odd_counts_equals_one_proces
 
 @pytest.mark.slow
 def test_ddp_gradients_equal_one_process_on_the_union_batch(synthetic, tmp_path):
-    grads = {}
+    grads, tasks = {}, {}
     for devices in (2, 1):
         out = tmp_path / f"grads{devices}.pt"
         run("grads", synthetic, out, devices)
         result = torch.load(out, weights_only=True)
         assert result["world_size"] == devices
-        grads[devices] = result["grads"]
+        grads[devices], tasks[devices] = result["grads"], result["tasks"]
+    (rank0, rank1), (union,) = tasks[2], tasks[1]
+    assert sorted(set(rank0) | set(rank1)) == union == ["box", "mask", "temporal", "track"]
+    assert set(rank0) ^ set(rank1)  # a task on one process only gets its whole gradient
     assert set(grads[2]) == set(grads[1])
     heads = [n for n in grads[1] if n.startswith("heads.")]
     assert {n.split(".")[1] for n in heads} == {"temporal", "box", "track", "mask"}
     assert any(n.startswith("backbone.task_tokens.") for n in grads[1])
-    for name, expected in grads[1].items():
-        torch.testing.assert_close(grads[2][name], expected, rtol=0, atol=1e-6, msg=name)
+    for name, expected in grads[1].items():  # float32 rounding of sums taken in another order
+        error = (grads[2][name] - expected).abs().max()
+        assert error <= 1e-6 * max(1.0, float(expected.abs().max())), (name, float(error))

@@ -60,6 +60,12 @@ def _is_head_key(key: str) -> bool:
     return key.startswith(("heads.", "backbone.task_tokens.", "query_words.")) or is_lora_parameter(key)
 
 
+def _label_tokens(batch: Mapping[str, Any]) -> Tensor:
+    """The number of tokens the language-modelling loss averages over (labels after the shift
+    that are not -100), as a float scalar."""
+    return (batch["labels"][:, 1:] != -100).sum().float()
+
+
 def _select_rows(rows: Mapping[str, Any], keep: list[int]) -> dict[str, Any]:
     """The collator's target rows of one task (tensors and lists, one entry per sample of the
     task) restricted to the entries ``keep``."""
@@ -351,28 +357,79 @@ class TPOModule(L.LightningModule):
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """The training loss and its named terms.
 
+        Every mean (over label tokens, boxes, frames, matched spans...) is taken over all
+        processes (:meth:`loss_normalizers`), so a DDP step equals one process on the union batch.
+
         Returns:
             ``total`` (scalar, with zero-weighted parameters for DDP), the terms (``lm_loss``,
             ``assign_loss``, ``<task>/<term>`` as the heads name them, unweighted by
             ``loss_weights``) and extra logged values (``assign_acc``, ``<task>/loss``).
         """
         out = self.backbone(batch)
-        total = self.lm_weight * out.loss
-        terms = {"lm_loss": out.loss}
+        results = self.run_heads(batch, out)
+        targets = {
+            task: get_task_adapter(task).head_targets(self._target_rows(batch, task, index))
+            for task, (_, index) in results.items()
+        }
+        lm_tokens = _label_tokens(batch)
+        normalizers = self.loss_normalizers(lm_tokens, results, targets)
+        lm_loss = out.loss * lm_tokens / normalizers["lm"]["tokens"]
+        total = self.lm_weight * lm_loss
+        terms = {"lm_loss": lm_loss}
         extra = {}
         assign_loss, correct = self.assignment(batch, out)
         if assign_loss is not None:
             terms["assign_loss"] = assign_loss
             extra["assign_acc"] = correct.float().mean()
-        for task, (head_out, index) in self.run_heads(batch, out).items():
-            rows = self._target_rows(batch, task, index)
-            adapter = get_task_adapter(task)
-            head_terms = self.heads[task].loss(head_out, adapter.head_targets(rows))
+        for task, (head_out, _) in results.items():
+            head = self.heads[task]
+            if task in normalizers:
+                head_terms = head.loss(head_out, targets[task], normalizers=normalizers[task])
+            else:
+                head_terms = head.loss(head_out, targets[task])
             task_loss = sum(head_terms.values())
             total = total + self.loss_weights[task] * task_loss
             extra[f"{task}/loss"] = task_loss
             terms.update({f"{task}/{name}": v for name, v in head_terms.items()})
         return total + self._touch_all(), terms, extra
+
+    def loss_normalizers(
+        self, lm_tokens: Tensor, results: Mapping[str, tuple[Any, Tensor]], targets: Mapping[str, Any]
+    ) -> dict[str, dict[str, Tensor]]:
+        """The denominators of the losses' means, over all processes (DETR's ``num_boxes``).
+
+        Args:
+            lm_tokens: this batch's label tokens (the language-modelling loss's mean).
+            results: :meth:`run_heads`' output.
+            targets: ``{task: head targets}`` of the tasks in ``results``.
+
+        The language model's label tokens and each head's ``loss_counts`` (zero for a task this
+        process has no sample of) are summed over the processes in one collective, in a fixed
+        order (the heads' order, each head's ``loss_count_keys``), clamped to at least 1 and
+        divided by the number of processes, because DDP averages the gradients. Heads without
+        ``loss_counts`` (a custom head) keep their own, per-process means.
+
+        Returns:
+            ``{"lm": {"tokens": n}, task: {key: n, ...}}``.
+        """
+        zero = torch.zeros((), device=self.device)
+        order = [("lm", "tokens")] + [
+            (task, key) for task, head in self.heads.items() for key in getattr(head, "loss_count_keys", ())
+        ]
+        local = {("lm", "tokens"): lm_tokens}
+        for task, (head_out, _) in results.items():
+            if hasattr(self.heads[task], "loss_counts"):
+                counts = self.heads[task].loss_counts(head_out, targets[task])
+                local.update({(task, key): value for key, value in counts.items()})
+        values = torch.stack([local.get(entry, zero).to(self.device, torch.float64) for entry in order])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="sum")
+        values = (values.clamp(min=1) / world).float()
+        out: dict[str, dict[str, Tensor]] = {}
+        for (task, key), value in zip(order, values, strict=True):
+            out.setdefault(task, {})[key] = value
+        return out
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         with self._step_rng(batch_idx):

@@ -9,7 +9,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "sine_position_1d", "sine_position_2d", "check_shape", "meta_value"]
+__all__ = [
+    "MLP", "CountedLoss", "sine_position_1d", "sine_position_2d", "check_shape", "meta_value", "meta_size"
+]
+
+
+class CountedLoss:
+    """A head whose ``criterion`` averages its terms over counted items (boxes, frames, spans):
+    ``loss_count_keys`` names them, ``loss_counts(output, targets)`` counts them in a batch, and
+    ``loss(..., normalizers=...)`` takes their totals over all processes
+    (:mod:`tpo.losses.normalizers`)."""
+
+    criterion: nn.Module
+
+    @property
+    def loss_count_keys(self) -> tuple[str, ...]:
+        return tuple(self.criterion.count_keys)
 
 
 class MLP(nn.Module):
@@ -58,14 +73,24 @@ def sine_position_2d(
     return grid.reshape(height * width, dim)
 
 
-def check_shape(tensor: Tensor, name: str, expected: Sequence[int | str]) -> dict[str, int]:
+def check_shape(
+    tensor: Tensor,
+    name: str,
+    expected: Sequence[int | str],
+    widths: Mapping[str, tuple[int, str]] | None = None,
+) -> dict[str, int]:
     """Raise ``ValueError`` unless ``tensor`` has ``len(expected)`` dims matching ``expected``.
 
     Integers must match exactly; strings name a dimension and bind its size, and the bindings
-    are returned (so callers can compare dims across tensors).
+    are returned (so callers can compare dims across tensors). ``widths`` maps a named dimension
+    to ``(size, option)``, the size a module was built for and the constructor argument that
+    set it, e.g. ``{"D": (256, "embed_dim")}``; a mismatch names the tensor, the dimension, the
+    expected and the actual size (instead of the first layer's shape error deep inside).
     """
     sizes: dict[str, int] = {}
     desc = "(" + ", ".join(str(e) for e in expected) + ")"
+    if not isinstance(tensor, Tensor):
+        raise ValueError(f"{name}: expected a tensor {desc}, got {type(tensor).__name__}")
     if tensor.ndim != len(expected):
         raise ValueError(f"{name}: expected {desc}, got shape {tuple(tensor.shape)}")
     for got, want in zip(tensor.shape, expected, strict=True):
@@ -74,6 +99,12 @@ def check_shape(tensor: Tensor, name: str, expected: Sequence[int | str]) -> dic
         if isinstance(want, str):
             if sizes.setdefault(want, got) != got:
                 raise ValueError(f"{name}: expected {desc}, got shape {tuple(tensor.shape)}")
+    for dim, (size, option) in (widths or {}).items():
+        if sizes.get(dim, size) != size:
+            raise ValueError(
+                f"{name}: expected {desc} with {dim} = {size} (the head's {option}), got shape "
+                f"{tuple(tensor.shape)}, i.e. {dim} = {sizes[dim]}"
+            )
     return sizes
 
 
@@ -81,6 +112,24 @@ def meta_value(meta: Sequence[Mapping[str, Any]], index: int, key: str) -> Any:
     """``meta[index][key]``, or a ``ValueError`` naming the sample and the missing key."""
     if index >= len(meta):
         raise ValueError(f"meta: expected one dict per sample, got {len(meta)} for sample {index}")
+    if not isinstance(meta[index], Mapping):
+        raise ValueError(f"meta[{index}]: expected a dict, got {type(meta[index]).__name__}")
     if key not in meta[index]:
         raise ValueError(f"meta[{index}]: missing key {key!r}")
     return meta[index][key]
+
+
+def meta_size(meta: Sequence[Mapping[str, Any]], index: int, key: str = "image_size") -> tuple[int, int]:
+    """``meta[index][key]`` as ``(height, width)`` whole pixels > 0, or a ``ValueError`` naming
+    the sample, the key and what it holds."""
+    value = meta_value(meta, index, key)
+    try:
+        height, width = (float(v) for v in value)
+    except (TypeError, ValueError):
+        message = f"meta[{index}][{key!r}]: expected (height, width) in pixels, got {value!r}"
+        raise ValueError(message) from None
+    if not all(math.isfinite(v) and v >= 1 and v == int(v) for v in (height, width)):
+        raise ValueError(
+            f"meta[{index}][{key!r}]: expected whole (height, width) >= 1 pixels, got {value!r}"
+        )
+    return int(height), int(width)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, check_shape, meta_value, sine_position_2d
+from tpo.heads.base import MLP, CountedLoss, check_shape, meta_size, sine_position_2d
 from tpo.heads.localizer import PatchLocalizer
 from tpo.losses.boxes import BoxCriterion
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
@@ -51,7 +51,7 @@ class BoxPrediction:
     box_xyxy: Tensor
 
 
-class BoxHead(nn.Module):
+class BoxHead(CountedLoss, nn.Module):
     """Task embedding -> one normalised box, optionally refined over the frame's tokens.
 
     The projected task embedding is a single query; with ``visual`` given it passes through
@@ -82,6 +82,8 @@ class BoxHead(nn.Module):
         criterion: BoxCriterion | None = None,
     ):
         super().__init__()
+        self.embed_dim = embed_dim
+        self.visual_dim = visual_dim
         self.hidden_dim = hidden_dim
         self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
         self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim))
@@ -110,10 +112,11 @@ class BoxHead(nn.Module):
                 grid, or ``None`` (box from the task embedding alone).
             grid_size: ``(h, w)`` with ``h * w = N``; default a square grid.
         """
-        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"), {"D": (self.embed_dim, "embed_dim")})
+        if visual is not None:
+            check_shape(visual, "visual", (sizes["B"], "N", "D_v"), {"D_v": (self.visual_dim, "visual_dim")})
         query = self.task_proj(task_embeds)[:, None]
         if visual is not None:
-            check_shape(visual, "visual", (sizes["B"], "N", "D_v"))
             height, width = grid_of(visual.shape[1], grid_size, "visual")
             memory = self.visual_proj(visual) + sine_position_2d(
                 height, width, self.hidden_dim, visual.device
@@ -124,14 +127,38 @@ class BoxHead(nn.Module):
             return BoxOutput(boxes=boxes, patch_logits=logits, grid_size=(height, width))
         return BoxOutput(boxes=self.box_head(self.norm(query[:, 0])).sigmoid())
 
-    def loss(self, output: BoxOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """``loss_bbox`` and ``loss_giou`` against ``targets["boxes"] (B, 4)`` normalised cxcywh."""
+    def loss_counts(self, output: BoxOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{"boxes": B}``, what the terms average over."""
+        return self.criterion.counts(targets["boxes"])
+
+    def loss(
+        self,
+        output: BoxOutput,
+        targets: Mapping[str, Tensor],
+        *,
+        normalizers: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """``loss_bbox`` and ``loss_giou`` against ``targets["boxes"] (B, 4)`` normalised cxcywh;
+        ``normalizers`` as :mod:`tpo.losses.normalizers` (default this batch's counts).
+
+        ``ValueError`` naming ``targets['boxes']`` and the sample for a wrong shape, a NaN box, a
+        box with ``w, h <= 0`` or one that leaves [0, 1].
+        """
+        if not isinstance(targets, Mapping):
+            raise ValueError(
+                "targets: expected a dict with 'boxes' ((B, 4) normalised cxcywh), "
+                f"got {type(targets).__name__}"
+            )
         if "boxes" not in targets:
             raise ValueError("targets: missing key 'boxes' ((B, 4) normalised cxcywh)")
         check_shape(targets["boxes"], "targets['boxes']", tuple(output.boxes.shape))
         check_normalized_boxes(targets["boxes"], "targets['boxes']")
         return self.criterion(
-            output.boxes, targets["boxes"], patch_logits=output.patch_logits, grid_size=output.grid_size
+            output.boxes,
+            targets["boxes"],
+            patch_logits=output.patch_logits,
+            grid_size=output.grid_size,
+            normalizers=normalizers,
         )
 
     @torch.no_grad()
@@ -144,7 +171,7 @@ class BoxHead(nn.Module):
         """
         return [
             BoxPrediction(
-                box_xyxy=boxes_to_pixels(box.detach(), tuple(meta_value(meta, b, "image_size"))).cpu()
+                box_xyxy=boxes_to_pixels(box.detach(), meta_size(meta, b, "image_size")).cpu()
             )
             for b, box in enumerate(output.boxes)
         ]

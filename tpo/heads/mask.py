@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.base import MLP, CountedLoss, check_shape, meta_size, sine_position_1d, sine_position_2d
 from tpo.losses.masks import MaskCriterion
 from tpo.ops.masks import resize_mask_logits
 
@@ -140,7 +140,7 @@ def _init_as_nearest_upsampling(conv: nn.ConvTranspose2d) -> None:
         conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
 
 
-class MaskHead(nn.Module):
+class MaskHead(CountedLoss, nn.Module):
     """Promptable mask decoder after SAM, with the task embedding as the prompt.
 
     The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; with an object-score
@@ -189,6 +189,8 @@ class MaskHead(nn.Module):
         super().__init__()
         if hidden_dim % 8:
             raise ValueError(f"hidden_dim: expected a multiple of 8, got {hidden_dim}")
+        self.embed_dim = embed_dim
+        self.image_dim = image_dim
         self.hidden_dim = hidden_dim
         self.num_prompt_tokens = num_prompt_tokens
         self.prompt_proj = nn.Sequential(
@@ -233,8 +235,12 @@ class MaskHead(nn.Module):
             high_res: with ``high_res_dims`` set, ``(B, T, C_4x, 4h, 4w)`` and
                 ``(B, T, C_2x, 2h, 2w)`` features; otherwise ``None``.
         """
-        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
-        sizes.update(check_shape(image, "image", (sizes["B"], "T", "C", "h", "w")))
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"), {"D": (self.embed_dim, "embed_dim")})
+        sizes.update(
+            check_shape(
+                image, "image", (sizes["B"], "T", "C", "h", "w"), {"C": (self.image_dim, "image_dim")}
+            )
+        )
         batch, length, height, width = sizes["B"], sizes["T"], sizes["h"], sizes["w"]
         dim = self.hidden_dim
         feats = self.image_proj(image.flatten(0, 1))  # (B T, d, h, w)
@@ -291,7 +297,17 @@ class MaskHead(nn.Module):
             x = x + self.high_res_proj[0](high_res[0])
         return F.gelu(x)
 
-    def loss(self, output: MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def loss_counts(self, output: MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The ``"masks"`` the mask terms count and all ``"frames"``."""
+        return self.criterion.counts(targets["masks"], object_scores=output.object_logits is not None)
+
+    def loss(
+        self,
+        output: MaskOutput,
+        targets: Mapping[str, Tensor],
+        *,
+        normalizers: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """``loss_mask``, ``loss_dice``, ``loss_iou`` (frames where the target is non-empty) and
         ``loss_class`` (object score) against ``targets["masks"]``.
 
@@ -299,10 +315,16 @@ class MaskHead(nn.Module):
             output: this head's forward output.
             targets: ``"masks"`` ``(B, T, H, W)`` bool. ``(H, W)`` may differ from the logits'
                 size but must have the same aspect ratio; the logits are resized bilinearly.
+            normalizers: the denominators of the terms' means over all processes
+                (:mod:`tpo.losses.normalizers`); default this batch's :meth:`loss_counts`.
         """
+        if not isinstance(targets, Mapping):
+            raise ValueError(
+                f"targets: expected a dict with 'masks' ((B, T, H, W) bool), got {type(targets).__name__}"
+            )
         if "masks" not in targets:
             raise ValueError("targets: missing key 'masks' ((B, T, H, W) bool)")
-        return mask_losses(self.criterion, output, targets["masks"])
+        return mask_losses(self.criterion, output, targets["masks"], normalizers)
 
     @torch.no_grad()
     def postprocess(self, output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> list[MaskPrediction]:
@@ -311,21 +333,36 @@ class MaskHead(nn.Module):
         return postprocess_masks(output, meta)
 
 
-def mask_losses(criterion: MaskCriterion, output: MaskOutput, target: Tensor) -> dict[str, Tensor]:
-    """``criterion`` on ``output.masks (B, T, h', w')`` resized to ``target (B, T, H, W)``.
+def mask_losses(
+    criterion: MaskCriterion,
+    output: MaskOutput,
+    target: Tensor,
+    normalizers: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """``criterion`` on ``output.masks (B, T, h', w')`` resized to ``target (B, T, H, W)``
+    (``normalizers`` as :mod:`tpo.losses.normalizers`).
 
     ``ValueError`` unless ``target`` has the batch and frame count of the output and the
-    aspect ratio of its masks (``H * w' == W * h'``).
+    aspect ratio of its masks (``H * w' == W * h'``), and holds only 0 / 1 (bool) values.
     """
     batch, length, out_h, out_w = output.masks.shape
     sizes = check_shape(target, "targets['masks']", (batch, length, "H", "W"))
+    if target.dtype != torch.bool:
+        bad = (target != 0) & (target != 1)  # NaN included
+        if bool(bad.any()):
+            index = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"targets['masks']: sample {index[0]}, frame {index[1]} holds {target[index].item()} at "
+                f"pixel {index[2:]}; expected bool (or 0 / 1) masks"
+            )
     if sizes["H"] * out_w != sizes["W"] * out_h:
         raise ValueError(
             f"targets['masks']: size {sizes['H']}x{sizes['W']} does not have the aspect ratio "
             f"of the predicted masks {out_h}x{out_w} (expected H * {out_w} == W * {out_h})"
         )
     logits = resize_mask_logits(output.masks.float(), (sizes["H"], sizes["W"]))
-    return criterion(logits, target.to(logits.device), output.iou, output.object_logits)
+    target = target.to(logits.device)
+    return criterion(logits, target, output.iou, output.object_logits, normalizers=normalizers)
 
 
 @torch.no_grad()
@@ -334,7 +371,7 @@ def postprocess_masks(output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> 
     whose object score (when the output has one) is below 0 are empty."""
     predictions = []
     for b in range(output.masks.shape[0]):
-        size = tuple(int(s) for s in meta_value(meta, b, "image_size"))
+        size = meta_size(meta, b, "image_size")
         masks = resize_mask_logits(output.masks[b].detach().float(), size) > 0
         if output.object_logits is not None:
             masks &= (output.object_logits[b].detach() >= 0)[:, None, None]

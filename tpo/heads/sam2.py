@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from sam2.build_sam import build_sam2
 from torch import Tensor, nn
 
 from tpo.heads.base import MLP, check_shape
 from tpo.heads.mask import MaskOutput, MaskPrediction, mask_losses, postprocess_masks
 from tpo.losses.masks import MaskCriterion
+from tpo.losses.normalizers import normalizer
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
 
 __all__ = ["SAM2MaskHead", "SAM2MaskOutput"]
@@ -164,7 +164,26 @@ class SAM2MaskHead(nn.Module):
         )
         return sparse
 
-    def loss(self, output: SAM2MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    @property
+    def loss_count_keys(self) -> tuple[str, ...]:
+        """The items the terms average over: the ``"prompts"`` and the mask criterion's."""
+        return ("prompts", *self.criterion.count_keys)
+
+    def loss_counts(self, output: SAM2MaskOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``"prompts"`` (samples with a target box) and the mask criterion's counts."""
+        counts = {"prompts": torch.tensor(float(output.prompts.shape[0]) if "boxes" in targets else 0.0)}
+        if "masks" in targets:
+            scored = output.object_logits is not None
+            counts.update(self.criterion.counts(targets["masks"], object_scores=scored))
+        return counts
+
+    def loss(
+        self,
+        output: SAM2MaskOutput,
+        targets: Mapping[str, Tensor],
+        *,
+        normalizers: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """``loss_prompt`` (when ``"boxes"`` given) and the mask terms (when ``"masks"`` given).
 
         Args:
@@ -172,6 +191,8 @@ class SAM2MaskHead(nn.Module):
             targets: ``"boxes"`` ``(B, 4)`` normalised cxcywh of the object in the prompt
                 frame and/or ``"masks"`` ``(B, T, H, W)`` bool with the aspect ratio of the
                 frames.
+            normalizers: the denominators of the terms' means over all processes
+                (:mod:`tpo.losses.normalizers`); default this batch's :meth:`loss_counts`.
         """
         if "boxes" not in targets and "masks" not in targets:
             raise ValueError("targets: expected 'boxes' ((B, 4) cxcywh) and/or 'masks'")
@@ -181,9 +202,11 @@ class SAM2MaskHead(nn.Module):
             check_shape(boxes, "targets['boxes']", (output.prompts.shape[0], 4))
             check_normalized_boxes(boxes, "targets['boxes']")
             target = self.box_prompt(boxes.float().to(output.prompts.device))
-            losses["loss_prompt"] = self.weight_prompt * F.l1_loss(output.prompts.float(), target)
+            error = (output.prompts.float() - target).abs().sum()
+            num = normalizer(normalizers, "prompts", torch.tensor(float(len(boxes)), device=error.device))
+            losses["loss_prompt"] = self.weight_prompt * error / (num * output.prompts[0].numel())
         if "masks" in targets:
-            losses.update(mask_losses(self.criterion, output, targets["masks"]))
+            losses.update(mask_losses(self.criterion, output, targets["masks"], normalizers))
         return losses
 
     def postprocess(

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.base import MLP, CountedLoss, check_shape, meta_value, sine_position_1d, sine_position_2d
 from tpo.heads.box import grid_of
 from tpo.losses.temporal import TemporalGroundingCriterion
 from tpo.ops.spans import span_cxw_to_se, temporal_nms
@@ -51,7 +51,7 @@ class TemporalGroundingPrediction:
     saliency: Tensor
 
 
-class TemporalGroundingHead(nn.Module):
+class TemporalGroundingHead(CountedLoss, nn.Module):
     """Moment-DETR / CG-DETR style decoder with the task embedding as an extra encoder token.
 
     Input projections map clip features and the task embedding to ``hidden_dim``; a
@@ -101,6 +101,8 @@ class TemporalGroundingHead(nn.Module):
         super().__init__()
         if frame_pooling not in ("attention", "mean"):
             raise ValueError(f"frame_pooling: expected 'attention' or 'mean', got {frame_pooling!r}")
+        self.embed_dim = embed_dim
+        self.video_dim = video_dim
         self.hidden_dim = hidden_dim
         self.nms_threshold = nms_threshold
         self.frame_pooling = frame_pooling
@@ -151,11 +153,12 @@ class TemporalGroundingHead(nn.Module):
         Returns:
             :class:`TemporalGroundingOutput`.
         """
-        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
-        if video.ndim == 4:
-            check_shape(video, "video", (sizes["B"], "T", "N", "D_v"))
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"), {"D": (self.embed_dim, "embed_dim")})
+        video_width = {"D_v": (self.video_dim, "video_dim")}
+        if isinstance(video, Tensor) and video.ndim == 4:
+            check_shape(video, "video", (sizes["B"], "T", "N", "D_v"), video_width)
         else:
-            check_shape(video, "video", (sizes["B"], "T", "D_v"))
+            check_shape(video, "video", (sizes["B"], "T", "D_v"), video_width)
         sizes["T"] = video.shape[1]
         if video_mask is None:
             video_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
@@ -205,8 +208,19 @@ class TemporalGroundingHead(nn.Module):
         pooled = self.frame_attn(query, keys, tokens, need_weights=False)[0][:, 0]
         return self.frame_norm(pooled + tokens.mean(1)).unflatten(0, (batch, length))
 
-    def loss(
+    def loss_counts(
         self, output: TemporalGroundingOutput, targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Matched ``"spans"``, label weights of the ``"queries"`` and samples with
+        ``"saliency"`` pairs: what the terms average over."""
+        return self.criterion.counts(output, targets)
+
+    def loss(
+        self,
+        output: TemporalGroundingOutput,
+        targets: list[dict[str, Tensor]],
+        *,
+        normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Named, weighted loss terms; see :class:`TemporalGroundingCriterion`.
 
@@ -214,8 +228,14 @@ class TemporalGroundingHead(nn.Module):
             output: this head's forward output.
             targets: ``B`` dicts, ``"spans"`` ``(n_b, 2)`` normalised (center, width) (``n_b``
                 may be 0), optional ``"saliency"`` ``(T,)`` (higher = more relevant).
+            normalizers: the denominators of the terms' means over all processes
+                (:mod:`tpo.losses.normalizers`); default this batch's :meth:`loss_counts`.
+
+        Raises:
+            ValueError: naming ``targets[b][key]`` for a span outside [0, 1], with start > end or
+                NaN, a saliency of another length than the ``T`` clips or NaN, a missing key.
         """
-        return self.criterion(output, targets)
+        return self.criterion(output, targets, normalizers=normalizers)
 
     @torch.no_grad()
     def postprocess(
@@ -233,8 +253,12 @@ class TemporalGroundingHead(nn.Module):
         """
         predictions = []
         for b in range(output.spans.shape[0]):
-            duration = float(meta_value(meta, b, "duration"))
-            if not duration > 0:
+            value = meta_value(meta, b, "duration")
+            try:
+                duration = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"meta[{b}]['duration']: expected seconds > 0, got {value!r}") from None
+            if not (duration > 0 and math.isfinite(duration)):
                 raise ValueError(f"meta[{b}]['duration']: expected > 0 seconds, got {duration}")
             seconds = (span_cxw_to_se(output.spans[b].detach().float()) * duration).clamp(
                 0, duration

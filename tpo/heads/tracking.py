@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, check_shape, meta_value, sine_position_1d, sine_position_2d
+from tpo.heads.base import MLP, CountedLoss, check_shape, meta_size, sine_position_1d, sine_position_2d
 from tpo.heads.box import grid_of
 from tpo.heads.localizer import PatchLocalizer
 from tpo.losses.boxes import TrackingCriterion
@@ -70,7 +70,7 @@ def box_window(boxes: Tensor, height: int, width: int) -> Tensor:
     return (-0.5 * distance.sum(-1)).softmax(-1)
 
 
-class TrackingHead(nn.Module):
+class TrackingHead(CountedLoss, nn.Module):
     """Per-frame queries from the task embedding, alternating spatial and temporal attention.
 
     Each frame gets one query: the projected task embedding (which carries the initial box
@@ -110,7 +110,7 @@ class TrackingHead(nn.Module):
         criterion: TrackingCriterion | None = None,
     ):
         super().__init__()
-        self.hidden_dim = hidden_dim
+        self.embed_dim, self.visual_dim, self.hidden_dim = embed_dim, visual_dim, hidden_dim
         self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
         self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim))
 
@@ -154,8 +154,12 @@ class TrackingHead(nn.Module):
                 its first-frame box is predicted). ``None`` is a NaN row for every sample, so a
                 sample's output never depends on whether its batchmates have boxes.
         """
-        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"))
-        sizes.update(check_shape(frames, "frames", (sizes["B"], "T", "N", "D_v")))
+        sizes = check_shape(task_embeds, "task_embeds", ("B", "D"), {"D": (self.embed_dim, "embed_dim")})
+        sizes.update(
+            check_shape(
+                frames, "frames", (sizes["B"], "T", "N", "D_v"), {"D_v": (self.visual_dim, "visual_dim")}
+            )
+        )
         batch, length, num_tokens = sizes["B"], sizes["T"], sizes["N"]
         height, width = grid_of(num_tokens, grid_size, "frames")
         device = frames.device
@@ -190,14 +194,31 @@ class TrackingHead(nn.Module):
             grid_size=(height, width),
         )
 
-    def loss(self, output: TrackingOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def loss_counts(self, output: TrackingOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Visible ``"boxes"`` and all ``"frames"``: what the terms average over."""
+        return self.criterion.counts(targets["visible"])
+
+    def loss(
+        self,
+        output: TrackingOutput,
+        targets: Mapping[str, Tensor],
+        *,
+        normalizers: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """``loss_bbox``, ``loss_giou`` (visible frames) and ``loss_visible``.
 
         Args:
             output: this head's forward output.
             targets: ``"boxes"`` ``(B, T, 4)`` normalised cxcywh (any value on invisible
                 frames), ``"visible"`` ``(B, T)`` bool.
+            normalizers: the denominators of the terms' means over all processes
+                (:mod:`tpo.losses.normalizers`); default this batch's :meth:`loss_counts`.
         """
+        if not isinstance(targets, Mapping):
+            raise ValueError(
+                "targets: expected a dict with 'boxes' ((B, T, 4) normalised cxcywh) and 'visible' "
+                f"((B, T) bool), got {type(targets).__name__}"
+            )
         for key in ("boxes", "visible"):
             if key not in targets:
                 raise ValueError(f"targets: missing key {key!r}")
@@ -212,6 +233,7 @@ class TrackingHead(nn.Module):
             visible,
             patch_logits=output.patch_logits,
             grid_size=output.grid_size,
+            normalizers=normalizers,
         )
 
     @torch.no_grad()
@@ -226,7 +248,7 @@ class TrackingHead(nn.Module):
         """
         predictions = []
         for b in range(output.boxes.shape[0]):
-            image_size = tuple(meta_value(meta, b, "image_size"))
+            image_size = meta_size(meta, b, "image_size")
             scores = output.visible[b].detach().float().sigmoid().cpu()
             predictions.append(
                 TrackingPrediction(

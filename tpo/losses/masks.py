@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tpo.losses.normalizers import Normalizers, normalizer
 from tpo.ops.masks import bce_loss, dice_loss, focal_loss, mask_iou
 
 __all__ = ["MaskCriterion"]
@@ -31,7 +32,11 @@ class MaskCriterion(nn.Module):
       the object score's job, and :func:`~tpo.heads.mask.postprocess_masks` empties its frames.
 
     ``weight_mask`` and ``weight_dice`` left as ``None`` take the defaults of ``mask_loss``.
+    The mask, dice and IoU terms are means over the ``"masks"`` they count, ``loss_class`` over all
+    ``"frames"`` (:mod:`tpo.losses.normalizers`).
     """
+
+    count_keys = ("masks", "frames")
 
     def __init__(
         self,
@@ -56,15 +61,26 @@ class MaskCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
+    @staticmethod
+    def counts(target: Tensor, *, object_scores: bool) -> dict[str, Tensor]:
+        """``"masks"`` the mask terms count (every mask, or only the non-empty ones when the head
+        predicts object scores) and all ``"frames"`` of ``target (..., H, W)`` bool."""
+        frames = torch.tensor(float(target[..., 0, 0].numel()), device=target.device)
+        masks = target.flatten(-2).any(-1).sum().float() if object_scores else frames
+        return {"masks": masks, "frames": frames}
+
     def forward(
         self,
         logits: Tensor,
         target: Tensor,
         iou_pred: Tensor | None = None,
         object_logits: Tensor | None = None,
+        *,
+        normalizers: Normalizers | None = None,
     ) -> dict[str, Tensor]:
         """Args: ``logits (..., H, W)``, ``target (..., H, W)`` bool, ``iou_pred (...)``,
-        ``object_logits (...)``."""
+        ``object_logits (...)``, ``normalizers`` ``{"masks", "frames"}`` over all processes
+        (default this batch's counts)."""
         if self.mask_loss == "focal":
             per_mask = focal_loss(logits, target, alpha=self.focal_alpha, gamma=self.focal_gamma)
         else:
@@ -72,7 +88,8 @@ class MaskCriterion(nn.Module):
         per_dice = dice_loss(logits, target)
         present = target.flatten(-2).any(-1).to(per_mask.dtype)
         weight = torch.ones_like(per_mask) if object_logits is None else present
-        count = weight.sum().clamp(min=1.0)
+        local = self.counts(target, object_scores=object_logits is not None)
+        count = normalizer(normalizers, "masks", local["masks"])
         losses = {
             "loss_mask": self.weight_mask * (per_mask * weight).sum() / count,
             "loss_dice": self.weight_dice * (per_dice * weight).sum() / count,
@@ -82,7 +99,7 @@ class MaskCriterion(nn.Module):
             per_iou = F.mse_loss(iou_pred.float(), actual, reduction="none")
             losses["loss_iou"] = self.weight_iou * (per_iou * weight).sum() / count
         if object_logits is not None:
-            losses["loss_class"] = self.weight_class * F.binary_cross_entropy_with_logits(
-                object_logits.float(), present
-            )
+            bce = F.binary_cross_entropy_with_logits(object_logits.float(), present, reduction="sum")
+            frames = normalizer(normalizers, "frames", local["frames"])
+            losses["loss_class"] = self.weight_class * bce / frames
         return losses

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tpo.losses.normalizers import Normalizers, normalizer
 from tpo.ops.matcher import HungarianMatcher
 from tpo.ops.spans import check_normalized_spans, generalized_temporal_iou, span_cxw_to_se
 
@@ -58,8 +60,11 @@ class TemporalGroundingCriterion(nn.Module):
       samples that have pairs. Targets come from ``"saliency"`` or, when absent, from the
       windows (clips whose center lies in a window are 1, others 0).
 
-    A sample with no windows contributes only to ``loss_label`` (all queries background).
+    A sample with no windows contributes only to ``loss_label`` (all queries background). The
+    means are over the items of ``count_keys`` (:mod:`tpo.losses.normalizers`).
     """
+
+    count_keys = ("spans", "queries", "saliency")
 
     def __init__(
         self,
@@ -85,21 +90,50 @@ class TemporalGroundingCriterion(nn.Module):
     def check_targets(targets: list[dict[str, Tensor]], video_mask: Tensor) -> None:
         """Raise ``ValueError`` naming ``targets[b][key]`` when a target is malformed."""
         batch, length = video_mask.shape
+        if not isinstance(targets, (list, tuple)):
+            raise ValueError(f"targets: expected a list of {batch} dicts, got {type(targets).__name__}")
         if len(targets) != batch:
             raise ValueError(f"targets: expected {batch} dicts, got {len(targets)}")
         for b, target in enumerate(targets):
+            if not isinstance(target, Mapping):
+                raise ValueError(
+                    f"targets[{b}]: expected a dict with 'spans' ((n, 2) center, width), "
+                    f"got {type(target).__name__}"
+                )
             if "spans" not in target:
                 raise ValueError(f"targets[{b}]: missing key 'spans' ((n, 2) center, width)")
-            check_normalized_spans(target["spans"], f"targets[{b}]['spans']")
+            spans = target["spans"]
+            if not isinstance(spans, Tensor):
+                raise ValueError(
+                    f"targets[{b}]['spans']: expected a (n, 2) tensor, got {type(spans).__name__}"
+                )
+            if spans.ndim == 2 and spans.shape[-1] == 2 and not bool(torch.isfinite(spans).all()):
+                row = int((~torch.isfinite(spans)).any(-1).nonzero()[0, 0])
+                raise ValueError(
+                    f"targets[{b}]['spans']: span {row} is {spans[row].tolist()}; expected finite "
+                    "normalised (center, width) in [0, 1]"
+                )
+            check_normalized_spans(spans, f"targets[{b}]['spans']")
             saliency = target.get("saliency")
             if saliency is not None and tuple(saliency.shape) != (length,):
                 raise ValueError(
                     f"targets[{b}]['saliency']: expected shape ({length},), "
                     f"got {tuple(saliency.shape)}"
                 )
+            if saliency is not None and not bool(torch.isfinite(saliency).all()):
+                clip = int((~torch.isfinite(saliency)).nonzero()[0, 0])
+                raise ValueError(
+                    f"targets[{b}]['saliency']: clip {clip} is {saliency[clip].item()}; "
+                    "expected finite scores"
+                )
 
     def _set_losses(
-        self, logits: Tensor, spans: Tensor, targets: list[dict[str, Tensor]], suffix: str
+        self,
+        logits: Tensor,
+        spans: Tensor,
+        targets: list[dict[str, Tensor]],
+        suffix: str,
+        normalizers: Normalizers | None,
     ) -> dict[str, Tensor]:
         matches = self.matcher(logits, spans, targets)
         batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
@@ -109,10 +143,11 @@ class TemporalGroundingCriterion(nn.Module):
         target_spans = torch.cat([t["spans"][j.to(t["spans"].device)] for t, (_, j) in pairs])
         target_spans = target_spans.to(matched)
 
+        num_spans = normalizer(normalizers, "spans", matched.new_tensor(float(len(query_idx))))
         if len(query_idx) > 0:
-            loss_span = F.l1_loss(matched, target_spans)
+            loss_span = (matched - target_spans).abs().sum() / (num_spans * matched.shape[-1])
             giou = generalized_temporal_iou(span_cxw_to_se(matched), span_cxw_to_se(target_spans))
-            loss_giou = (1 - giou.diagonal()).mean()
+            loss_giou = (1 - giou.diagonal()).sum() / num_spans
         else:
             loss_span = loss_giou = spans.float().sum() * 0
 
@@ -120,37 +155,66 @@ class TemporalGroundingCriterion(nn.Module):
         labels[batch_idx, query_idx] = 1.0
         weights = torch.where(labels > 0, 1.0, self.eos_coef)
         per_query = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-        loss_label = (per_query * weights).sum() / weights.sum()
+        loss_label = (per_query * weights).sum() / normalizer(normalizers, "queries", weights.sum())
         return {
             f"loss_span{suffix}": self.weight_span * loss_span,
             f"loss_giou{suffix}": self.weight_giou * loss_giou,
             f"loss_label{suffix}": self.weight_label * loss_label,
         }
 
-    def saliency_loss(
-        self, saliency: Tensor, video_mask: Tensor, targets: list[dict[str, Tensor]]
-    ) -> Tensor:
-        """Pairwise margin loss of ``saliency (B, T)`` scores; see the class docstring."""
+    @staticmethod
+    def _saliency_pairs(video_mask: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """``(B, T, T)`` bool: the clip pairs ``(i, j)`` of each sample with ``y_i > y_j``."""
         target = torch.stack(
             [
-                t["saliency"].float().to(saliency.device)
+                t["saliency"].float().to(video_mask.device)
                 if t.get("saliency") is not None
                 else saliency_from_spans(t["spans"], video_mask[b])
                 for b, t in enumerate(targets)
             ]
         )
         valid = video_mask[:, :, None] & video_mask[:, None, :]
-        pairs = valid & (target[:, :, None] > target[:, None, :])
+        return valid & (target[:, :, None] > target[:, None, :])
+
+    def saliency_loss(
+        self,
+        saliency: Tensor,
+        video_mask: Tensor,
+        targets: list[dict[str, Tensor]],
+        normalizers: Normalizers | None = None,
+    ) -> Tensor:
+        """Pairwise margin loss of ``saliency (B, T)`` scores; see the class docstring."""
+        pairs = self._saliency_pairs(video_mask, targets)
         scores = saliency.float()
         hinge = (self.saliency_margin - (scores[:, :, None] - scores[:, None, :])).clamp(min=0)
         num_pairs = pairs.sum((1, 2))
         has_pairs = num_pairs > 0
-        if not has_pairs.any():
-            return scores.sum() * 0
         per_sample = (hinge * pairs).sum((1, 2)) / num_pairs.clamp(min=1)
-        return per_sample[has_pairs].mean()
+        num = normalizer(normalizers, "saliency", has_pairs.sum().float())
+        return torch.where(has_pairs, per_sample, 0.0).sum() / num + scores.sum() * 0
 
-    def forward(self, output: _SpanOutput, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def counts(self, output: _SpanOutput, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The items the terms average over (:mod:`tpo.losses.normalizers`): matched ``"spans"``
+        (``min(Q, n_b)`` per sample, the same in every decoder layer), the label weights of all
+        ``"queries"`` and the samples with ``"saliency"`` pairs."""
+        self.check_targets(targets, output.video_mask)
+        batch, queries = output.logits.shape
+        matched = float(sum(min(queries, len(t["spans"])) for t in targets))
+        device = output.logits.device
+        has_pairs = self._saliency_pairs(output.video_mask, targets).flatten(1).any(1)
+        return {
+            "spans": torch.tensor(matched, device=device),
+            "queries": torch.tensor(matched + self.eos_coef * (batch * queries - matched), device=device),
+            "saliency": has_pairs.sum().float(),
+        }
+
+    def forward(
+        self,
+        output: _SpanOutput,
+        targets: list[dict[str, Tensor]],
+        *,
+        normalizers: Normalizers | None = None,
+    ) -> dict[str, Tensor]:
         """Named, weighted loss terms.
 
         Args:
@@ -158,13 +222,15 @@ class TemporalGroundingCriterion(nn.Module):
                 ``saliency (B, T)``, ``video_mask (B, T)`` and ``aux``.
             targets: ``B`` dicts, ``"spans"`` ``(n_b, 2)`` normalised (center, width),
                 optional ``"saliency"`` ``(T,)``.
+            normalizers: ``{"spans", "queries", "saliency"}`` over all processes (default this
+                batch's :meth:`counts`).
         """
         self.check_targets(targets, output.video_mask)
-        losses = self._set_losses(output.logits, output.spans, targets, "")
+        losses = self._set_losses(output.logits, output.spans, targets, "", normalizers)
         for layer, (aux_spans, aux_logits) in enumerate(output.aux):
-            losses.update(self._set_losses(aux_logits, aux_spans, targets, f"_{layer}"))
+            losses.update(self._set_losses(aux_logits, aux_spans, targets, f"_{layer}", normalizers))
         if self.weight_saliency:
             losses["loss_saliency"] = self.weight_saliency * self.saliency_loss(
-                output.saliency, output.video_mask, targets
+                output.saliency, output.video_mask, targets, normalizers
             )
         return losses
