@@ -10,12 +10,21 @@ user would (generation, then the head): the ``(predictor)`` rows.
 
 "Chance" is the same model, untrained, evaluated the same way (teacher-forced); the predictor rows
 have none (an untrained model never calls a head, so it scores 0).
+
+The output folder is never left half-written: the run writes everything into a hidden sibling,
+``.<out>.partial``, and only when it has finished renames that onto ``out`` (a previous demo
+output there is swapped out and deleted; an interrupted or failed run deletes its partial folder
+and leaves ``out`` as it was). ``out`` must therefore be new, empty, or hold only what an earlier
+``tpo demo`` wrote (its synthetic ``data/`` is reused); any other folder is refused before the run
+starts, so the demo never deletes files it did not write.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -138,17 +147,90 @@ def run_demo(
     progress: bool = True,
     modality_adaptive: bool = False,
 ) -> dict:
-    """Write data, train, evaluate, plot. Returns the metrics table (also ``out/metrics.json``)."""
+    """Write data, train, evaluate, plot. Returns the metrics table (also ``out/metrics.json``).
+
+    Everything is written to ``.<out>.partial`` beside ``out`` and renamed onto ``out`` only once
+    the run has finished (see the module docstring).
+
+    Raises:
+        ValueError: ``out`` is a file, or a folder holding files ``tpo demo`` does not write.
+    """
+    out = Path(out).resolve()
+    work, old = _check_out(out)
+    if old.exists():  # a run stopped between swapping its predecessor out and itself in
+        if out.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(out)
+    if work.exists():  # the partial folder of an interrupted run
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        if (out / "data" / "synthetic.json").is_file():
+            shutil.copytree(out / "data", work / "data")
+        print(f"writing to {work}; it becomes {out} when the run has finished", flush=True)
+        metrics = _run_demo_in(work, minutes=minutes, n_videos=n_videos, seed=seed,
+                               batch_size=batch_size, progress=progress,
+                               modality_adaptive=modality_adaptive)
+        _publish(work, out, old)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(f"wrote {out / 'metrics.json'} and plots in {out}")
+    return metrics
+
+
+#: What ``tpo demo`` writes into its output folder (the only entries it may replace).
+DEMO_OUTPUTS = frozenset({"data", "model", "metrics.json", "losses.png", "temporal_timeline.png",
+                          "boxes.png", "tracking.png", "masks.png"})
+
+
+def _check_out(out: Path) -> tuple[Path, Path]:
+    """``(partial, old)`` sibling folders of ``out``, after checking that ``out`` may be replaced."""
+    if not out.name:
+        raise ValueError(f"--out {out}: a filesystem root cannot be the demo's output folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, expected a folder (new or from an earlier demo)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS) if out.is_dir() else []
+    if foreign:
+        raise ValueError(
+            f"--out {out}: holds {foreign[:5]}{' ...' if len(foreign) > 5 else ''}, which tpo demo "
+            "does not write; the demo replaces its whole output folder when it finishes, so give "
+            f"it a new or empty folder (or one from an earlier demo: {sorted(DEMO_OUTPUTS)})")
+    return out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
+
+
+def _publish(work: Path, out: Path, old: Path) -> None:
+    """Rename the finished ``work`` folder onto ``out`` (each step one atomic rename)."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.exists():
+        out.rename(old)
+    os.replace(work, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _run_demo_in(
+    out: Path,
+    *,
+    minutes: float,
+    n_videos: int,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+    modality_adaptive: bool,
+) -> dict:
+    """The demo itself, writing into ``out`` (the partial folder)."""
     from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
     from tpo.module import TPOModule
 
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     data_root = out / "data"
     start = time.time()
     if not (data_root / "synthetic.json").exists():
         make_synthetic_dataset(data_root, n_videos=n_videos, seed=seed, **DEMO_DATA)
-    print(f"[1/5] synthetic dataset in {data_root} ({time.time() - start:.0f} s)", flush=True)
+    print(f"[1/5] synthetic dataset ({time.time() - start:.0f} s)", flush=True)
 
     steps_estimate = max(50, int(minutes * 60 * 2.4))
     config = {**DEMO_MODEL, "backbone": {**DEMO_MODEL["backbone"], "modality_adaptive": modality_adaptive}}
@@ -197,12 +279,12 @@ def run_demo(
         "chance": first_lm,
     }
     _draw(out, module, data, history)
-    print(f"[4/5] saving the model to {out / 'model'}; the predictor answers the held-out questions")
+    print("[4/5] saving the model as model/; the predictor answers the held-out questions")
     _predictor_rows(module, out, data_root, metrics, progress)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print("[5/5] held-out metrics (chance = the untrained model):")
     print(_table(metrics))
-    print(f"wrote {out / 'metrics.json'} and plots in {out} ({(time.time() - start) / 60:.1f} min in all)")
+    print(f"({(time.time() - start) / 60:.1f} min in all)")
     return metrics
 
 
@@ -309,6 +391,10 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modality-adaptive", action="store_true",
                         help="give the LLM mPLUG-Owl2's modality-adaptive layers")
     args = parser.parse_args(argv)
+    try:
+        _check_out(args.out.resolve())  # before minutes of work, not after
+    except ValueError as err:
+        parser.error(str(err))
     run_demo(
         args.out,
         minutes=args.minutes,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import zlib
 from pathlib import Path
 
 from tpo.metrics.qvhighlights import evaluate_charades_sta, evaluate_qvhighlights, load_jsonl
@@ -47,23 +49,75 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def eval_main(argv: list[str]) -> int:
-    """Run ``tpo eval``; returns the exit status (0 ok, 1 bad input file or contents)."""
-    args = _parser().parse_args(argv)
+#: What reading a damaged prediction or annotation file raises (truncated or non-gzip ``.gz``
+#: files, binary or non-UTF-8 text, unreadable paths).
+_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read(path: str | Path, role: str, *, charades_txt: bool = False) -> list[dict]:
+    """Rows of a jsonl(.gz) file (or, with ``charades_txt``, of a Charades-STA ``.txt`` file);
+    any failure to read it is a ``ValueError`` / ``FileNotFoundError`` that names
+    the file and its role (``--submission`` / ``--gt``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{role} {path}: is a directory, expected a jsonl file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{role} {path}: no such file")
     try:
-        submission = load_jsonl(args.submission)
-        if args.benchmark == "qvhighlights":
-            results = evaluate_qvhighlights(submission, load_jsonl(args.gt))
-        else:
-            gt_path = Path(args.gt)
-            gt = (read_charades_sta_txt(gt_path) if gt_path.suffix == ".txt"
-                  else load_jsonl(gt_path))
-            results = evaluate_charades_sta(submission, gt)
+        if charades_txt and path.suffix == ".txt":
+            return read_charades_sta_txt(path)
+        return load_jsonl(path)
+    except _READ_ERRORS as err:
+        hint = ""
+        if path.suffix == ".gz":
+            hint = " (a damaged or truncated gzip file?)"
+        elif path.read_bytes()[:2] == _GZIP_MAGIC:
+            hint = " (it is gzip-compressed: name it *.gz)"
+        raise ValueError(f"{role} {path}: cannot read it: {type(err).__name__}: {err}{hint}") from err
+    except (ValueError, FileNotFoundError) as err:
+        text = str(err)
+        raise type(err)(text if str(path) in text else f"{role} {path}: {text}") from err
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling, so ``path`` is never half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def eval_main(argv: list[str]) -> int:
+    """Run ``tpo eval``; returns the exit status (0 ok, 1 bad input file or contents, 2 bad
+    arguments). Errors are one line on stderr naming the file (no traceback)."""
+    args = _parser().parse_args(argv)
+    save = Path(args.save) if args.save else None
+    if save is not None and not save.parent.is_dir():
+        print(f"tpo eval: error: --save {save}: folder {save.parent} does not exist", file=sys.stderr)
+        return 1
+    try:
+        submission = _read(args.submission, "--submission")
+        gt = _read(args.gt, "--gt", charades_txt=args.benchmark == "charades")
     except (FileNotFoundError, ValueError) as err:
         print(f"tpo eval: error: {err}", file=sys.stderr)
         return 1
+    evaluate = evaluate_qvhighlights if args.benchmark == "qvhighlights" else evaluate_charades_sta
+    try:
+        results = evaluate(submission, gt)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:  # rows' contents
+        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+        print(f"tpo eval: error: --submission {args.submission} against --gt {args.gt}: {detail}",
+              file=sys.stderr)
+        return 1
     text = json.dumps(results, indent=4)
     print(text)
-    if args.save:
-        Path(args.save).write_text(text, encoding="utf-8")
+    if save is not None:
+        try:
+            _write_atomic(save, text)
+        except OSError as err:
+            print(f"tpo eval: error: --save {save}: {err}", file=sys.stderr)
+            return 1
     return 0
