@@ -41,8 +41,8 @@ def poison_box_giou(module: TPOModule) -> list[int]:
     head, poisoned = module.heads["box"], []
     original = head.loss
 
-    def loss(output, targets):
-        terms = original(output, targets)
+    def loss(output, targets, **kwargs):
+        terms = original(output, targets, **kwargs)
         if module.global_step >= BAD_STEP and not poisoned:
             poisoned.append(module.global_step)
             terms["loss_giou"] = terms["loss_giou"] * float("nan")
@@ -133,8 +133,8 @@ module = TPOModule(backbone=tiny_llava("llava"), heads=SMALL_HEADS, stage="stage
                    schedule_steps=6, nonfinite="skip")
 original = module.heads["box"].loss
 
-def loss(output, targets):
-    terms = original(output, targets)
+def loss(output, targets, **kwargs):
+    terms = original(output, targets, **kwargs)
     if module.global_step in (1, 3) and module.global_rank == 1:
         terms["loss_giou"] = terms["loss_giou"] * float("nan")
     return terms
