@@ -180,3 +180,21 @@ def test_a_batch_without_labels_counts_no_task_as_called(synthetic):
     assert float(generated.compute()["acc@0.5"]) == 0.0  # every sample a miss ...
     assert float(module.assign_metric.compute()) == 0.0
     assert teacher.update_called  # ... while the teacher-forced boxes are still scored
+
+
+def test_an_interrupted_save_heads_leaves_the_previous_export_whole(tmp_path, monkeypatch):
+    module = TPOModule(backbone=tiny_llava("llava"), heads=SMALL_HEADS)
+    module.save_heads(tmp_path / "heads")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "heads").iterdir()}
+
+    def interrupted(state, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half a safetensors file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tpo.module.save_file", interrupted)
+    with torch.no_grad():
+        next(module.heads.parameters()).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        module.save_heads(tmp_path / "heads")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "heads").iterdir()} == before

@@ -28,6 +28,7 @@ from tpo.arguments import unknown_arguments
 from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.backbones.factory import create_backbone
 from tpo.backbones.lora import is_lora_parameter
+from tpo.io import atomic_path, write_text_atomic
 from tpo.query import QueryWords
 from tpo.stages import get_stage
 from tpo.tasks import TASK_ADAPTERS, get_task_adapter
@@ -595,10 +596,12 @@ class TPOModule(L.LightningModule):
     def save_heads(self, directory: str | Path) -> None:
         """Write the trained task parts — task embeddings, new token rows, heads, LoRA adapters —
         as ``heads.safetensors`` with ``tpo_heads.json``, to attach to another copy of the backbone
-        with :meth:`load_heads` / :meth:`from_heads`."""
+        with :meth:`load_heads` / :meth:`from_heads`. Each file is written to a temporary sibling
+        and renamed into place, so an interrupted export never leaves a half-written file."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.head_state(), str(directory / HEADS_WEIGHTS))
+        with atomic_path(directory / HEADS_WEIGHTS) as tmp:
+            save_file(self.head_state(), str(tmp))
         config = {
             "tasks": self.backbone.task_tokens.spec_dicts(),
             "heads": self.head_specs,
@@ -609,7 +612,7 @@ class TPOModule(L.LightningModule):
             "hidden_size": self.backbone.hidden_size,
             "query_words": self.query_words is not None,
         }
-        (directory / HEADS_CONFIG).write_text(json.dumps(config, indent=2))
+        write_text_atomic(directory / HEADS_CONFIG, json.dumps(config, indent=2))
 
     def load_heads(self, directory: str | Path) -> None:
         """Load :meth:`save_heads` output into this module (same tasks, heads and LoRA layout)."""

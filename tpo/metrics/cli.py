@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import zlib
 from pathlib import Path
 
+from tpo.io import write_text_atomic
 from tpo.metrics.qvhighlights import evaluate_charades_sta, evaluate_qvhighlights, load_jsonl
 
 __all__ = ["eval_main", "read_charades_sta_txt"]
@@ -80,16 +80,6 @@ def _read(path: str | Path, role: str, *, charades_txt: bool = False) -> list[di
         raise type(err)(text if str(path) in text else f"{role} {path}: {text}") from err
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling, so ``path`` is never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def eval_main(argv: list[str]) -> int:
     """Run ``tpo eval``; returns the exit status (0 ok, 1 bad input file or contents, 2 bad
     arguments). Errors are one line on stderr naming the file (no traceback)."""
@@ -116,7 +106,7 @@ def eval_main(argv: list[str]) -> int:
     print(text)
     if save is not None:
         try:
-            _write_atomic(save, text)
+            write_text_atomic(save, text)
         except OSError as err:
             print(f"tpo eval: error: --save {save}: {err}", file=sys.stderr)
             return 1
