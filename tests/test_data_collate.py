@@ -13,7 +13,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from tpo.datamodules.collate import ChatFormat, TaskCollator
-from tpo.datamodules.prompts import TEMPLATES, make_prompt
+from tpo.datamodules.prompts import make_prompt
+from tpo.tasks import get_task
 from tpo.tokens import TaskTokens
 
 CORPUS = ["USER: When is the red circle visible? ASSISTANT: here", "Where is the blue square?",
@@ -199,7 +200,7 @@ def test_prompts():
     assert a == make_prompt("temporal", "the red circle appears.", seed=5)
     assert a.answer == "<time_begin><temp>" and "the red circle appears" in a.instruction
     seen = {make_prompt("mask", "x", seed=s).instruction for s in range(40)}
-    assert len(seen) == len(TEMPLATES["mask"])
+    assert len(seen) == len(get_task("mask").templates)
     track = make_prompt("track", "the cat", template=0)
     assert track.instruction == "Track the cat given at <track_box> through the video."
     assert track.answer == "<track_begin><tracking>"

@@ -202,15 +202,15 @@ def test_prompt_box_gradients_reach_the_template_and_box_layers():
 
 
 def test_adapter_takes_each_samples_first_input_box():
-    from tpo.tasks import get_task_adapter
+    from tpo.tasks import get_task
 
     batch = {
         "track_boxes": torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1]]),
         "track_box_sample": torch.tensor([0, 2, 2]),
     }
-    inputs = get_task_adapter("track").batch_inputs(batch, torch.tensor([2, 0]))
+    inputs = get_task("track").batch_inputs(batch, torch.tensor([2, 0]))
     torch.testing.assert_close(inputs["prompt_boxes"], batch["track_boxes"][[1, 0]])
-    missing = get_task_adapter("track").batch_inputs(batch, torch.tensor([1, 0]))["prompt_boxes"]
+    missing = get_task("track").batch_inputs(batch, torch.tensor([1, 0]))["prompt_boxes"]
     assert missing[0].isnan().all()
     torch.testing.assert_close(missing[1], batch["track_boxes"][0])
-    assert get_task_adapter("track").batch_inputs({}, torch.tensor([0])) == {}
+    assert get_task("track").batch_inputs({}, torch.tensor([0])) == {}

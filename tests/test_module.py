@@ -56,9 +56,9 @@ def test_every_head_loss_reaches_its_task_embedding(synthetic):
     assert set(results) == {"temporal", "box", "track", "mask"}
     for task, (head_out, index) in results.items():
         rows = module._target_rows(batch, task, index)
-        from tpo.tasks import get_task_adapter
+        from tpo.tasks import get_task
 
-        terms = module.heads[task].loss(head_out, get_task_adapter(task).head_targets(rows))
+        terms = module.heads[task].loss(head_out, get_task(task).head_targets(rows))
         embedding = module.backbone.task_tokens.embeddings[task]
         for name, term in terms.items():
             if name.startswith("loss_iou") or name == "loss_saliency":
@@ -76,10 +76,10 @@ def test_training_step_sums_weighted_terms_and_touches_absent_tasks(synthetic):
     loss = module.training_step(batch, 0)
     out = module.backbone(batch)
     head_out, index = module.run_heads(batch, out)["temporal"]
-    from tpo.tasks import get_task_adapter
+    from tpo.tasks import get_task
 
     rows = module._target_rows(batch, "temporal", index)
-    terms = module.heads["temporal"].loss(head_out, get_task_adapter("temporal").head_targets(rows))
+    terms = module.heads["temporal"].loss(head_out, get_task("temporal").head_targets(rows))
     torch.testing.assert_close(loss, out.loss + 2.0 * sum(terms.values()), rtol=1e-5, atol=1e-5)
     loss.backward()
     missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]

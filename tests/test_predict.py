@@ -10,7 +10,7 @@ from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
 from tpo.datamodules.collate import TaskCollator
 from tpo.module import TPOModule
 from tpo.predict import Answer, Predictor, evaluate_predictor
-from tpo.tokens import get_task_spec
+from tpo.tasks import get_task_spec
 
 TASKS = ("temporal", "box", "track", "mask")
 NUM_FRAMES = 4

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import tpo.tasks
 import tpo.tokens
 from tpo.backbones.tiny import train_tiny_tokenizer
 from tpo.router import (
@@ -21,16 +22,20 @@ from tpo.router import (
     TaskCall,
     TaskRouter,
 )
-from tpo.tokens import TaskSpec
+from tpo.tasks import TaskSpec
 
 HIDDEN = 16
 EDIT = TaskSpec("edit", "<edit_begin>", "<edit>")
 
 
 @pytest.fixture
-def isolated_registry(monkeypatch):
+def isolated_registry():
     """New tasks registered by a test vanish afterwards (other tests build TaskTokens of all tasks)."""
-    monkeypatch.setattr(tpo.tokens, "_REGISTRY", dict(tpo.tokens._REGISTRY))
+    saved = tpo.tasks.list_tasks()
+    yield
+    for name in tpo.tasks.list_tasks():
+        if name not in saved:
+            tpo.tasks.unregister_task(name)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def base_tokenizer():
 def tokenizer(base_tokenizer):
     tok = copy.deepcopy(base_tokenizer)
     tokens = [t for name in ("temporal", "box", "track", "mask")
-              for t in tpo.tokens.get_task_spec(name).tokens]
+              for t in tpo.tasks.get_task_spec(name).tokens]
     tok.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
     return tok
 
@@ -287,7 +292,7 @@ def test_registering_a_task_adds_tokens_without_touching_others(tokenizer, isola
     old_vocab = dict(tokenizer.get_vocab())
     old_rows = model.get_input_embeddings().weight.detach().clone()
     spec = router.register(EDIT, ExpertTarget(lambda call: call.span))
-    assert spec is tpo.tokens.get_task_spec("edit")
+    assert spec is tpo.tasks.get_task_spec("edit")
     new_vocab = tokenizer.get_vocab()
     assert set(new_vocab) - set(old_vocab) == {"<edit_begin>", "<edit>"}
     assert all(new_vocab[t] == i for t, i in old_vocab.items())
@@ -374,7 +379,7 @@ def _literal_ids(base_tokenizer, tokenizer, text):
     """Ordinary sub-word ids (from the tokenizer without task tokens) that decode to ``text``."""
     ids = base_tokenizer(text, add_special_tokens=False).input_ids
     task_ids = {tokenizer.get_vocab()[t] for name in ("temporal", "box", "track", "mask")
-                for t in tpo.tokens.get_task_spec(name).tokens}
+                for t in tpo.tasks.get_task_spec(name).tokens}
     assert len(ids) > 1 and not task_ids & set(ids)
     assert tokenizer.decode(ids) == text
     return ids

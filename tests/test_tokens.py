@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import tpo.tokens as tokens_module
 from tpo.backbones.tiny import train_tiny_tokenizer
-from tpo.tokens import TaskSpec, TaskTokens, get_task_spec, register_task, registered_tasks
+from tpo.tasks import TaskSpec, get_task_spec, list_tasks, register_task, unregister_task
+from tpo.tokens import TaskTokens
 
 HIDDEN = 16
 BUILTIN = ["temporal", "box", "track", "mask"]
@@ -16,10 +16,11 @@ BUILTIN = ["temporal", "box", "track", "mask"]
 
 @pytest.fixture
 def clean_registry():
-    saved = dict(tokens_module._REGISTRY)
+    saved = list_tasks()
     yield
-    tokens_module._REGISTRY.clear()
-    tokens_module._REGISTRY.update(saved)
+    for name in list_tasks():
+        if name not in saved:
+            unregister_task(name)
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def bound(tokenizer):
 
 
 def test_builtin_registry_has_the_tpo_tokens():
-    assert registered_tasks()[:4] == ["temporal", "box", "track", "mask"]
+    assert list_tasks()[:4] == ["temporal", "box", "track", "mask"]
     assert get_task_spec("temporal").tokens == ("<time_begin>", "<temp>")
     assert get_task_spec("track").tokens == ("<track_begin>", "<tracking>", "<track_box>")
     assert get_task_spec("mask").tokens == ("<seg_begin>", "<seg>")

@@ -1,6 +1,7 @@
 """tpo: task-preference heads for multimodal LLMs (TPO, arXiv 2412.19326)."""
 
-from tpo.tokens import TaskSpec, TaskTokens, register_task
+from tpo.tasks import TaskSpec, register_task
+from tpo.tokens import TaskTokens
 
 __version__ = "0.1.0"
 

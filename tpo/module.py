@@ -31,7 +31,7 @@ from tpo.backbones.lora import is_lora_parameter
 from tpo.io import atomic_path, write_text_atomic
 from tpo.query import QueryWords
 from tpo.stages import get_stage
-from tpo.tasks import TASK_ADAPTERS, get_task_adapter
+from tpo.tasks import get_task, list_tasks
 
 __all__ = ["NONFINITE_MODES", "NonFiniteLossError", "TPOModule", "build_heads"]
 
@@ -104,11 +104,11 @@ def build_heads(backbone: Backbone, heads: Mapping[str, Mapping] | None = None) 
                 f"heads: task {task!r} has no task token in the backbone "
                 f"(tokens for {backbone.task_tokens.task_names})"
             )
-        adapter = get_task_adapter(task)
+        task_obj = get_task(task)
         kwargs = dict(spec)
-        cls = _import_head(task, kwargs.pop("class_path")) if "class_path" in kwargs else adapter.head_class
+        cls = _import_head(task, kwargs.pop("class_path")) if "class_path" in kwargs else task_obj.head_class
         kwargs.setdefault("embed_dim", backbone.hidden_size)
-        kwargs.setdefault(adapter.visual_kwarg, backbone.visual_dim)
+        kwargs.setdefault(task_obj.visual_kwarg, backbone.visual_dim)
         unknown, valid = unknown_arguments(cls, kwargs)
         if unknown:
             raise ValueError(f"heads.{task}: {cls.__name__} has no arguments {unknown}; valid: {valid}")
@@ -120,7 +120,8 @@ def build_heads(backbone: Backbone, heads: Mapping[str, Mapping] | None = None) 
 def _import_head(task: str, path: str) -> type:
     """The class ``"package.module.Class"``; a ``ValueError`` names tpo's heads otherwise."""
     module_name, _, name = path.rpartition(".")
-    known = [f"{a.head_class.__module__}.{a.head_class.__qualname__}" for a in TASK_ADAPTERS.values()]
+    known = [f"{t.head_class.__module__}.{t.head_class.__qualname__}"
+             for t in map(get_task, list_tasks(with_head=True))]
     hint = f"tpo's heads: {known + ['tpo.heads.SAM2MaskHead']} (or any importable 'package.module.Class')"
     try:
         module = importlib.import_module(module_name) if module_name else None
@@ -235,7 +236,7 @@ class TPOModule(L.LightningModule):
         self.stage.assign(self)
         self.metrics = nn.ModuleDict(
             {
-                mode: nn.ModuleDict({t: get_task_adapter(t).make_metric() for t in self.heads})
+                mode: nn.ModuleDict({t: get_task(t).make_metric() for t in self.heads})
                 for mode in ("teacher", "generated")
             }
         )
@@ -265,10 +266,9 @@ class TPOModule(L.LightningModule):
             gathered = out.tasks.get(task)
             if gathered is None or len(gathered) == 0:
                 continue
-            adapter = get_task_adapter(task)
-            inputs = adapter.head_inputs(out, gathered.batch_index, head)
-            if adapter.batch_inputs is not None:
-                inputs.update(adapter.batch_inputs(batch, gathered.batch_index))
+            task_obj = get_task(task)
+            inputs = task_obj.head_inputs(out, gathered.batch_index, head)
+            inputs.update(task_obj.batch_inputs(batch, gathered.batch_index))
             embeds = self.head_embeddings(batch, gathered.embeds, gathered.batch_index)
             results[task] = (head(embeds, **inputs), gathered.batch_index)
         return results
@@ -369,7 +369,7 @@ class TPOModule(L.LightningModule):
         out = self.backbone(batch)
         results = self.run_heads(batch, out)
         targets = {
-            task: get_task_adapter(task).head_targets(self._target_rows(batch, task, index))
+            task: get_task(task).head_targets(self._target_rows(batch, task, index))
             for task, (_, index) in results.items()
         }
         lm_tokens = _label_tokens(batch)
@@ -510,11 +510,11 @@ class TPOModule(L.LightningModule):
             keep = [i for i, b in enumerate(index.tolist()) if not padding[b]]
             scored[index[keep]] = True
             preds, rows, meta = [preds[i] for i in keep], _select_rows(rows, keep), [meta[i] for i in keep]
-            adapter = get_task_adapter(task)
-            adapter.score(self.metrics["teacher"][task], preds, rows, meta)
+            task_obj = get_task(task)
+            task_obj.score(self.metrics["teacher"][task], preds, rows, meta)
             generated = [p if bool(correct[b]) else None
                          for p, b in zip(preds, rows["sample_index"].tolist(), strict=True)]
-            adapter.score(self.metrics["generated"][task], generated, rows, meta)
+            task_obj.score(self.metrics["generated"][task], generated, rows, meta)
         if scored.any():
             self.assign_metric.update(correct[scored].float())
 
@@ -523,14 +523,8 @@ class TPOModule(L.LightningModule):
         metas = batch.get("meta")
         if metas is None:
             raise ValueError("batch: missing 'meta' (per-sample duration / frame size for post-processing)")
-        out = []
-        for i, b in enumerate(index.tolist()):
-            meta = dict(metas[b])
-            meta.setdefault("image_size", meta.get("frame_size"))
-            if task == "mask" and rows is not None:
-                meta["image_size"] = tuple(rows["masks"][i].shape[-2:])
-            out.append(meta)
-        return out
+        task_obj = get_task(task)
+        return [task_obj.prediction_meta(metas[b], rows, i) for i, b in enumerate(index.tolist())]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -49,13 +49,12 @@ from tpo.datamodules.multitask import synthetic_task_dataset
 from tpo.datamodules.synthetic import SyntheticDataset
 from tpo.datamodules.video import IMAGE_EXTENSIONS, VideoReader, sample_indices
 from tpo.module import HEADS_CONFIG, HEADS_WEIGHTS, TPOModule
-from tpo.tasks import get_task_adapter
+from tpo.tasks import BUILTIN_TASKS, get_task
 from tpo.tokens import TaskGather
 
 __all__ = ["Answer", "Predictor", "evaluate_predictor"]
 
 PREDICTOR_CONFIG = "tpo_predictor.json"
-HEAD_TASKS = ("temporal", "box", "track", "mask")
 BACKBONE_DIR, HEADS_DIR = "backbone", "heads"
 _UNSUPPORTED_GENERATE = ("num_beams", "num_return_sequences", "eos_token_id", "pad_token_id",
                          "return_dict_in_generate", "input_ids", "attention_mask", "cache",
@@ -98,16 +97,8 @@ class Answer:
 
 
 def _answer(text: str, task: str | None, prediction: Any, timestamps: np.ndarray | None) -> Answer:
-    answer = Answer(text=text, task=task, timestamps=timestamps, prediction=prediction)
-    if task == "temporal":
-        answer.spans, answer.scores = prediction.windows[:, :2], prediction.windows[:, 2]
-    elif task == "box":
-        answer.boxes = prediction.box_xyxy.reshape(1, 4)
-    elif task == "track":
-        answer.track, answer.scores = prediction.boxes_xywh, prediction.scores
-    elif task == "mask":
-        answer.masks, answer.scores = prediction.masks, prediction.scores
-    return answer
+    fields = get_task(task).answer_fields(prediction) if task is not None else {}
+    return Answer(text=text, task=task, timestamps=timestamps, prediction=prediction, **fields)
 
 
 # ---------------------------------------------------------------------------- media
@@ -542,7 +533,7 @@ def evaluate_predictor(
     root: str | os.PathLike,
     split: str = "val",
     *,
-    tasks: Sequence[str] = HEAD_TASKS,
+    tasks: Sequence[str] = BUILTIN_TASKS,
     limit: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -568,27 +559,23 @@ def evaluate_predictor(
         raise ValueError(f"split: {root} has splits {sorted(data.files)}, not {split!r}")
     results: dict[str, dict[str, float]] = {}
     for task in tasks:
-        if task not in HEAD_TASKS:
-            raise ValueError(f"tasks: expected some of {HEAD_TASKS}, got {task!r}")
+        if task not in BUILTIN_TASKS:
+            raise ValueError(f"tasks: the synthetic data has {BUILTIN_TASKS}, not {task!r}")
         dataset = synthetic_task_dataset(data, task, split, num_frames=predictor.num_frames,
                                          sampling="uniform")
         count = len(dataset) if limit is None else min(limit, len(dataset))
-        adapter = get_task_adapter(task)
-        metric = adapter.make_metric()
+        task_obj = get_task(task)
+        metric = task_obj.make_metric()
         called = 0
         bar = tqdm(total=count, desc=f"predict {task}", disable=not progress, leave=False)
         for start in range(0, count, batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, count))]
             answers = predictor.predict_items(items, **generate_kwargs)
             rows = TaskCollator._targets(items)[task]
-            meta = [
-                {**item["meta"], "image_size": item["meta"]["frame_size"]}
-                | ({"image_size": tuple(item["target"]["masks"].shape[-2:])} if task == "mask" else {})
-                for item in items
-            ]
+            meta = [task_obj.prediction_meta(item["meta"], rows, i) for i, item in enumerate(items)]
             preds = [a.prediction if a.task == task else None for a in answers]
             called += sum(p is not None for p in preds)
-            adapter.score(metric, preds, rows, meta)
+            task_obj.score(metric, preds, rows, meta)
             bar.update(len(items))
         bar.close()
         values = {k: float(v) for k, v in metric.compute().items() if v.numel() == 1}

@@ -1,7 +1,7 @@
 """Task router after UnifiedMLLM (arXiv 2408.02503): generated task calls -> heads or experts.
 
 The language model answers with text that may hold one *task call*, written with the task's
-special tokens (:class:`~tpo.tokens.TaskSpec`)::
+special tokens (:class:`~tpo.tasks.TaskSpec`)::
 
     <box_begin>the red square [0.120, 0.300, 0.450, 0.610]<boxes>
 
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tpo.tokens import TaskSpec, get_task_spec, register_task, registered_tasks, resize_with_mean_rows
+from tpo.tasks import TaskSpec, get_task_spec, list_tasks, register_task
+from tpo.tokens import resize_with_mean_rows
 
 __all__ = [
     "ExpertTarget",
@@ -181,7 +182,7 @@ class TaskRouter:
             [0, 1]; 1000 for models that write integer thousandths).
         decimals: decimals of the coordinates :meth:`format_call` writes.
 
-    Every registered task (:func:`tpo.tokens.registered_tasks`) is recognised when parsing; a
+    Every registered task (:func:`tpo.tasks.list_tasks`) is recognised when parsing; a
     call of a task without a target here falls back to text with a warning.
     """
 
@@ -215,7 +216,7 @@ class TaskRouter:
 
         Args:
             task: a registered task name, or a :class:`TaskSpec` (registered with
-                :func:`tpo.tokens.register_task` if new).
+                :func:`tpo.tasks.register_task` if new).
             target: a :class:`HeadTarget` or :class:`ExpertTarget`.
             model: a Hugging Face model whose embeddings grow with the tokenizer (new rows: the
                 mean of the old ones); ``None`` to leave models alone.
@@ -229,7 +230,7 @@ class TaskRouter:
         """
         if not isinstance(target, (HeadTarget, ExpertTarget)):
             raise ValueError(f"target: expected a HeadTarget or ExpertTarget, got {type(target).__name__}")
-        spec = register_task(task) if isinstance(task, TaskSpec) else get_task_spec(task)
+        spec = register_task(task).spec if isinstance(task, TaskSpec) else get_task_spec(task)
         if spec.name in self._targets:
             raise ValueError(f"task {spec.name!r} already has a target; build a new TaskRouter to "
                              "change it")
@@ -245,7 +246,7 @@ class TaskRouter:
         return spec
 
     def _specs(self) -> dict[str, TaskSpec]:
-        names = dict.fromkeys([*registered_tasks(), *self._targets])
+        names = dict.fromkeys([*list_tasks(), *self._targets])
         return {name: get_task_spec(name) for name in names}
 
     # ------------------------------------------------------------------ text

@@ -18,89 +18,9 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-__all__ = [
-    "BoxEncoder",
-    "TaskGather",
-    "TaskSpec",
-    "TaskTokens",
-    "get_task_spec",
-    "register_task",
-    "registered_tasks",
-]
+from tpo.tasks.registry import TaskSpec, get_task_spec, list_tasks
 
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """The special tokens of one task.
-
-    Attributes:
-        name: registry key, e.g. ``"temporal"``.
-        begin_token: token the LM emits to announce the task, e.g. ``"<time_begin>"``.
-        placeholder_token: token whose input embedding is the learnable task embedding and whose
-            last hidden state feeds the head, e.g. ``"<temp>"``.
-        input_token: optional token whose embedding encodes a box given in the prompt
-            (``"<track_box>"``), or ``None``.
-    """
-
-    name: str
-    begin_token: str
-    placeholder_token: str
-    input_token: str | None = None
-
-    @property
-    def tokens(self) -> tuple[str, ...]:
-        """All special tokens of the task, begin token first."""
-        extra = (self.input_token,) if self.input_token else ()
-        return (self.begin_token, self.placeholder_token, *extra)
-
-
-_REGISTRY: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec, *, overwrite: bool = False) -> TaskSpec:
-    """Add a task to the registry; its tokens must not clash with a registered task's."""
-    if spec.name in _REGISTRY and not overwrite:
-        if _REGISTRY[spec.name] == spec:
-            return spec
-        raise ValueError(f"task {spec.name!r} is already registered as {_REGISTRY[spec.name]}")
-    taken = {
-        tok: other.name
-        for other in _REGISTRY.values()
-        if other.name != spec.name
-        for tok in other.tokens
-    }
-    clashes = [tok for tok in spec.tokens if tok in taken]
-    if clashes:
-        raise ValueError(
-            f"task {spec.name!r}: tokens {clashes} are already used by task {taken[clashes[0]]!r}"
-        )
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def get_task_spec(name: str) -> TaskSpec:
-    """The registered spec of ``name``; a ``ValueError`` lists the registered names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"task {name!r} is not registered; registered tasks: "
-            f"{sorted(_REGISTRY)} (add one with tpo.tokens.register_task)"
-        ) from None
-
-
-def registered_tasks() -> list[str]:
-    """Names of all registered tasks, in registration order."""
-    return list(_REGISTRY)
-
-
-for _spec in (
-    TaskSpec("temporal", "<time_begin>", "<temp>"),
-    TaskSpec("box", "<box_begin>", "<boxes>"),
-    TaskSpec("track", "<track_begin>", "<tracking>", input_token="<track_box>"),
-    TaskSpec("mask", "<seg_begin>", "<seg>"),
-):
-    register_task(_spec)
+__all__ = ["BoxEncoder", "TaskGather", "TaskTokens"]
 
 
 @dataclass
@@ -138,7 +58,7 @@ class BoxEncoder(nn.Module):
 
 def _resolve_specs(tasks: Sequence[str | Mapping] | None) -> list[TaskSpec]:
     if tasks is None:
-        return [get_task_spec(name) for name in registered_tasks()]
+        return [get_task_spec(name) for name in list_tasks()]
     specs = []
     for task in tasks:
         if isinstance(task, str):

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tpo.tasks import get_task
+
 __all__ = ["ChatFormat", "TaskCollator"]
 
 VIDEO_MARKER, IMAGE_MARKER = "<video>", "<image>"
@@ -292,22 +294,7 @@ class TaskCollator:
                 by_task.setdefault(item["task"], []).append(b)
         out = {}
         for task, index in by_task.items():
-            rows = [items[b]["target"] for b in index]
-            entry = {"sample_index": torch.tensor(index, dtype=torch.long)}
-            for key in rows[0]:
-                values = [r[key] for r in rows]
-                if task == "temporal" and key == "spans":
-                    entry[key] = [_to_tensor(v, torch.float32).reshape(-1, 2) for v in values]
-                    continue
-                shapes = {np.shape(v) for v in values}
-                if len(shapes) > 1:
-                    raise ValueError(
-                        f"targets[{task!r}][{key!r}]: samples "
-                        f"{[items[b].get('id') for b in index]} have shapes "
-                        f"{sorted(shapes)}; resize them to one size (frame_size)"
-                    )
-                entry[key] = _to_tensor(np.stack(values))
-            if task == "temporal":
-                entry["per_sample"] = [{key: entry[key][k] for key in rows[0]} for k in range(len(index))]
-            out[task] = entry
+            rows = get_task(task).pack_targets([items[b]["target"] for b in index],
+                                               [items[b].get("id") for b in index])
+            out[task] = {"sample_index": torch.tensor(index, dtype=torch.long), **rows}
         return out

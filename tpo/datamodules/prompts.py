@@ -9,43 +9,13 @@ Paraphrases are picked by a seeded generator, so a sample's prompt is reproducib
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from tpo.tokens import get_task_spec
+from tpo.tasks import get_task
 
-__all__ = ["TEMPLATES", "Prompt", "make_prompt", "textual_answer"]
-
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "temporal": (
-        "When does this happen in the video: {query}",
-        "Find the moment in the video that matches: {query}",
-        "At what time in the video can we see the following? {query}",
-        "Give the start and end of the segment where: {query}",
-        "Localize the moment described by this sentence: {query}",
-    ),
-    "box": (
-        "Where is {query} in the image?",
-        "Give the bounding box of {query}.",
-        "Locate {query} in the picture.",
-        "Find {query} and mark it with a box.",
-    ),
-    "track": (
-        "Track {query} given at {box} through the video.",
-        "The target is {query} at {box} in the first frame. Follow it in every frame.",
-        "Follow {query} starting from {box}.",
-    ),
-    "mask": (
-        "Segment {query} in the video.",
-        "Give the masks of {query} in every frame.",
-        "Which pixels belong to {query}? Segment it.",
-        "Please segment {query}.",
-    ),
-}
-DEFAULT_TARGET = {"temporal": "the event", "box": "the object", "track": "the object",
-                  "mask": "the object"}
+__all__ = ["Prompt", "make_prompt", "textual_answer"]
 
 
 @dataclass(frozen=True)
@@ -58,22 +28,11 @@ class Prompt:
     query: str = ""
 
 
-def _fmt(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
-
-
-def textual_answer(task: str, *, windows_s: np.ndarray | None = None,
-                   box: np.ndarray | None = None, boxes: np.ndarray | None = None) -> str:
-    """Answer as text: ``"from 1.0 to 2.5 seconds"`` for moments, ``[x1, y1, x2, y2]`` normalised
-    for a box, one such box per frame for tracks. Masks have no textual form."""
-    if task == "temporal" and windows_s is not None:
-        return "; ".join(f"from {s:.1f} to {e:.1f} seconds" for s, e in np.asarray(windows_s))
-    if task == "box" and box is not None:
-        return _fmt(box)
-    if task == "track" and boxes is not None:
-        return " ".join(_fmt(b) for b in boxes)
-    raise ValueError(f"task {task!r}: no textual answer (temporal needs windows_s, box needs box, "
-                     "track needs boxes; masks have none)")
+def textual_answer(task: str, **values) -> str:
+    """The task's answer as text (:meth:`tpo.tasks.Task.textual_answer`): ``"from 1.0 to 2.5
+    seconds"`` for moments (``windows_s``), ``[x1, y1, x2, y2]`` normalised for a box (``box``),
+    one such box per frame for tracks (``boxes``). Masks have no textual form."""
+    return get_task(task).textual_answer(**values)
 
 
 def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Generator = 0,
@@ -81,9 +40,9 @@ def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Ge
     """The instruction and answer of one task sample.
 
     Args:
-        task: ``"temporal"``, ``"box"``, ``"track"`` or ``"mask"`` (a task registered in
-            :mod:`tpo.tokens` with templates here).
-        query: the sentence / expression naming what to find (a generic phrase when ``None``).
+        task: a registered task with templates (:attr:`tpo.tasks.Task.templates`).
+        query: the sentence / expression naming what to find (the task's ``default_query`` when
+            ``None``).
         seed: an int or a generator choosing the paraphrase.
         template: a fixed paraphrase index instead of a random one.
         textual: answer with numbers (see :func:`textual_answer`, which takes ``answer_values``).
@@ -91,17 +50,14 @@ def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Ge
     Returns:
         A :class:`Prompt`; with ``textual=False`` its answer is ``begin_token + placeholder_token``.
     """
-    if task not in TEMPLATES:
-        raise ValueError(f"task: expected one of {sorted(TEMPLATES)}, got {task!r}")
-    spec = get_task_spec(task)
-    options = TEMPLATES[task]
+    task_obj = get_task(task)
+    if not task_obj.templates:
+        raise ValueError(f"task {task!r}: has no instruction templates (Task.templates)")
+    options = task_obj.templates
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     index = int(rng.integers(len(options))) if template is None else template
-    query = (query or DEFAULT_TARGET[task]).strip().rstrip(".")
-    fields = {"query": query}
-    if task == "track":
-        fields["box"] = spec.input_token
-    instruction = options[index].format(**fields)
+    query = (query or task_obj.default_query).strip().rstrip(".")
+    instruction = options[index].format(query=query, **task_obj.prompt_fields())
     if textual:
-        return Prompt(instruction, textual_answer(task, **answer_values), query)
-    return Prompt(instruction, spec.begin_token + spec.placeholder_token, query)
+        return Prompt(instruction, task_obj.textual_answer(**answer_values), query)
+    return Prompt(instruction, task_obj.spec.begin_token + task_obj.spec.placeholder_token, query)

@@ -1,0 +1,61 @@
+"""Referring expression grounding: the box of the object a sentence names in an image
+(RefCOCO/+/g)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tpo.heads import BoxHead
+from tpo.metrics import GroundingAccuracy
+from tpo.tasks._units import cxcywh_to_px, image_size
+from tpo.tasks.base import Task
+from tpo.tasks.registry import TaskSpec, register_task
+
+__all__ = ["BoxTask", "format_box"]
+
+
+def format_box(values: Sequence[float]) -> str:
+    """``[x1, y1, x2, y2]`` with two decimals, as the textual answers write boxes."""
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+class BoxTask(Task):
+    """One ``(4,)`` normalised cxcywh box per sample, scored as Acc@0.5."""
+
+    head_class = BoxHead
+    headline = "acc@0.5"
+    dataset_formats = ("refcoco", "refcoco_flat")
+    templates = (
+        "Where is {query} in the image?",
+        "Give the bounding box of {query}.",
+        "Locate {query} in the picture.",
+        "Find {query} and mark it with a box.",
+    )
+
+    def make_metric(self) -> GroundingAccuracy:
+        return GroundingAccuracy(iou_threshold=0.5)
+
+    def head_inputs(self, out, index, head) -> dict:
+        return {"visual": out.visual[index, 0], "grid_size": out.visual_grid}
+
+    def score(self, metric, predictions, rows, meta) -> None:
+        truth = torch.stack([cxcywh_to_px(b[None], image_size(m), "xyxy")[0]
+                             for b, m in zip(rows["boxes"], meta, strict=True)])
+        pred = torch.stack([p.box_xyxy.float().cpu() if p is not None else torch.zeros(4)
+                            for p in predictions])
+        metric.update(pred, truth.cpu())
+
+    def textual_answer(self, *, box: np.ndarray | None = None, **_) -> str:
+        """``[x1, y1, x2, y2]`` normalised."""
+        if box is None:
+            raise ValueError("task 'box': the textual answer needs box")
+        return format_box(box)
+
+    def answer_fields(self, prediction) -> dict:
+        return {"boxes": prediction.box_xyxy.reshape(1, 4)}
+
+
+register_task(BoxTask(TaskSpec("box", "<box_begin>", "<boxes>")))

@@ -1,0 +1,79 @@
+"""Temporal grounding: when, in seconds, a sentence happens in the video (QVHighlights,
+Charades-STA, ActivityNet Captions)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpo.heads import TemporalGroundingHead
+from tpo.metrics import MomentRetrieval
+from tpo.ops import span_cxw_to_se
+from tpo.tasks.base import Task
+from tpo.tasks.registry import TaskSpec, register_task
+
+__all__ = ["TemporalTask"]
+
+
+class TemporalTask(Task):
+    """Spans ``(n, 2)`` normalised (center, width) per sample, scored as moment retrieval."""
+
+    head_class = TemporalGroundingHead
+    visual_kwarg = "video_dim"
+    headline = "R1@0.5"
+    default_query = "the event"
+    dataset_formats = ("charades_sta", "qvhighlights", "activitynet")
+    templates = (
+        "When does this happen in the video: {query}",
+        "Find the moment in the video that matches: {query}",
+        "At what time in the video can we see the following? {query}",
+        "Give the start and end of the segment where: {query}",
+        "Localize the moment described by this sentence: {query}",
+    )
+
+    def make_metric(self) -> MomentRetrieval:
+        return MomentRetrieval(r1_thresholds=(0.3, 0.5, 0.7))
+
+    def head_inputs(self, out, index, head) -> dict:
+        return {"video": out.visual[index], "video_mask": out.visual_mask[index],
+                "grid_size": out.visual_grid}
+
+    def pack_targets(self, targets: Sequence[Mapping[str, Any]], ids: Sequence[Any]) -> dict[str, Any]:
+        """``spans``: a list of ``(n_b, 2)`` tensors (the counts differ), other keys stacked,
+        and ``per_sample``: one dict per sample."""
+        rows = super().pack_targets([{k: v for k, v in t.items() if k != "spans"} for t in targets], ids)
+        rows["spans"] = [torch.as_tensor(np.asarray(t["spans"]), dtype=torch.float32).reshape(-1, 2)
+                         for t in targets]
+        keys = list(targets[0])
+        rows["per_sample"] = [{key: rows[key][k] for key in keys} for k in range(len(targets))]
+        return rows
+
+    def head_targets(self, rows: Mapping[str, Any]) -> list[dict]:
+        saliency = rows.get("saliency")
+        return [
+            {"spans": spans, **({"saliency": saliency[i]} if saliency is not None else {})}
+            for i, spans in enumerate(rows["spans"])
+        ]
+
+    def score(self, metric, predictions, rows, meta) -> None:
+        windows = [p.windows if p is not None else torch.zeros(0, 3) for p in predictions]
+        truth = [
+            span_cxw_to_se(spans.float()) * float(m["duration"])
+            for spans, m in zip(rows["spans"], meta, strict=True)
+        ]
+        metric.update(windows, truth)
+
+    def textual_answer(self, *, windows_s: np.ndarray | None = None, **_: Any) -> str:
+        """``"from 1.0 to 2.5 seconds"`` per window."""
+        if windows_s is None:
+            raise ValueError("task 'temporal': the textual answer needs windows_s")
+        return "; ".join(f"from {s:.1f} to {e:.1f} seconds" for s, e in np.asarray(windows_s))
+
+    def answer_fields(self, prediction) -> dict:
+        return {"spans": prediction.windows[:, :2], "scores": prediction.windows[:, 2]}
+
+
+register_task(TemporalTask(TaskSpec("temporal", "<time_begin>", "<temp>")))

@@ -1,0 +1,74 @@
+"""Single-object tracking: a box per frame from the target's first-frame box (LaSOT, GOT-10k)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tpo.heads import TrackingHead
+from tpo.metrics import TrackingSuccess
+from tpo.tasks._units import cxcywh_to_px, image_size
+from tpo.tasks.base import Task
+from tpo.tasks.box import format_box
+from tpo.tasks.registry import TaskSpec, register_task
+
+__all__ = ["TrackTask"]
+
+
+class TrackTask(Task):
+    """Boxes ``(T, 4)`` normalised cxcywh and visibility ``(T,)`` per sample, scored as the
+    success curve's AUC; the question gives the first-frame box at the input token."""
+
+    head_class = TrackingHead
+    headline = "success"
+    dataset_formats = ("lasot", "got10k")
+    templates = (
+        "Track {query} given at {box} through the video.",
+        "The target is {query} at {box} in the first frame. Follow it in every frame.",
+        "Follow {query} starting from {box}.",
+    )
+
+    def make_metric(self) -> TrackingSuccess:
+        return TrackingSuccess()
+
+    def head_inputs(self, out, index, head) -> dict:
+        return {"frames": out.visual[index], "grid_size": out.visual_grid}
+
+    def batch_inputs(self, batch: Mapping[str, Any], index: Tensor) -> dict:
+        """``prompt_boxes (n, 4)``: the first input box (``<track_box>``) of each sample in
+        ``index``, NaN for a sample without one (a generated tracking call on a question that gave
+        no box: the head then looks at the whole first frame); nothing when the batch carries no
+        input boxes (the head then treats every sample as box-less)."""
+        boxes, sample = batch.get("track_boxes"), batch.get("track_box_sample")
+        if boxes is None or sample is None or len(boxes) == 0:
+            return {}
+        sample, boxes = sample.to(index.device), boxes.to(index.device)
+        has_box = sample[:, None] == index[None]  # (K, n)
+        first = boxes[has_box.long().argmax(0)]
+        return {"prompt_boxes": torch.where(has_box.any(0)[:, None], first, float("nan"))}
+
+    def score(self, metric, predictions, rows, meta) -> None:
+        for i, m in enumerate(meta):
+            truth = cxcywh_to_px(rows["boxes"][i], image_size(m), "xywh").cpu()
+            missed = predictions[i] is None
+            pred = torch.zeros_like(truth) if missed else predictions[i].boxes_xywh.float().cpu()
+            metric.update(pred, truth, rows["visible"][i].cpu())
+
+    def prompt_fields(self) -> dict[str, str]:
+        return {"box": self.spec.input_token}
+
+    def textual_answer(self, *, boxes: np.ndarray | None = None, **_) -> str:
+        """One ``[x1, y1, x2, y2]`` normalised box per frame."""
+        if boxes is None:
+            raise ValueError("task 'track': the textual answer needs boxes")
+        return " ".join(format_box(b) for b in boxes)
+
+    def answer_fields(self, prediction) -> dict:
+        return {"track": prediction.boxes_xywh, "scores": prediction.scores}
+
+
+register_task(TrackTask(TaskSpec("track", "<track_begin>", "<tracking>", input_token="<track_box>")))
