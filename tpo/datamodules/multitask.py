@@ -16,15 +16,12 @@ from torch.utils.data.distributed import DistributedSampler
 from tpo.datamodules.collate import ChatFormat, TaskCollator
 from tpo.datamodules.datasets import (
     ConversationDataset,
-    MaskDataset,
-    MomentDataset,
-    RefDataset,
     TaskDataset,
-    TrackDataset,
 )
 from tpo.datamodules.specs import DatasetSpec
 from tpo.datamodules.synthetic import TASKS as SYNTHETIC_TASKS
 from tpo.datamodules.synthetic import SyntheticDataset
+from tpo.tasks import get_task
 
 __all__ = ["MultiTaskDataModule", "MultiTaskDataset", "MultiTaskSampler", "ResumableDataLoader",
            "synthetic_task_dataset"]
@@ -208,16 +205,10 @@ def synthetic_task_dataset(data: SyntheticDataset, task: str, split: str, *, num
     """The dataset of one task and split of a synthetic folder, read through the public format
     readers; ``options`` (``on_error``, ``frame_size``, ``seed``, ``cache``...) go to it."""
     samples = data.samples(task, split)
-    if task == "temporal":
-        return MomentDataset(samples, os.path.join(data.root, "videos"), num_frames=num_frames,
-                             sampling=sampling, **options)
-    if task == "box":
-        return RefDataset(samples, **options)
-    if task == "track":
-        return TrackDataset(samples, num_frames=num_frames, sampling=sampling, **options)
-    if task == "mask":
-        return MaskDataset(samples, num_frames=num_frames, sampling=sampling, **options)
-    return ConversationDataset(samples, num_frames=num_frames, sampling=sampling, **options)
+    if task == ConversationDataset.task:
+        return ConversationDataset(samples, num_frames=num_frames, sampling=sampling, **options)
+    return get_task(task).make_dataset(samples, media_root=os.path.join(data.root, "videos"),
+                                       num_frames=num_frames, sampling=sampling, **options)
 
 
 class MultiTaskDataModule(L.LightningDataModule):

@@ -18,24 +18,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tpo.datamodules import formats
-from tpo.datamodules.datasets import (
-    ConversationDataset,
-    MaskDataset,
-    MomentDataset,
-    RefDataset,
-    TaskDataset,
-    TrackDataset,
-)
+from tpo.datamodules.datasets import ConversationDataset, TaskDataset
+from tpo.tasks import get_task, list_tasks
 
-__all__ = ["FORMAT_TASKS", "DatasetSpec"]
+__all__ = ["DatasetSpec", "format_task", "known_formats"]
 
-FORMAT_TASKS = {
-    "charades_sta": "temporal", "qvhighlights": "temporal", "activitynet": "temporal",
-    "refcoco": "box", "refcoco_flat": "box", "lasot": "track", "got10k": "track",
-    "davis": "mask", "refytvos": "mask", "mevis": "mask", "llava": "conversation",
-}
-_DATASETS = {"temporal": MomentDataset, "box": RefDataset, "track": TrackDataset,
-             "mask": MaskDataset, "conversation": ConversationDataset}
+CONVERSATION_FORMATS = ("llava",)
+
+
+def known_formats() -> dict[str, str]:
+    """``{format: task}`` for every format a registered task reads
+    (:attr:`tpo.tasks.Task.dataset_formats`) and the conversation formats."""
+    out = {fmt: name for name in list_tasks(with_head=True) for fmt in get_task(name).dataset_formats}
+    return out | dict.fromkeys(CONVERSATION_FORMATS, ConversationDataset.task)
+
+
+def format_task(fmt: str) -> str:
+    """The task whose samples the format ``fmt`` holds; a ``ValueError`` lists the formats."""
+    formats_ = known_formats()
+    if fmt not in formats_:
+        raise ValueError(f"format: expected one of {sorted(formats_)}, got {fmt!r}")
+    return formats_[fmt]
 
 
 @dataclass
@@ -43,7 +46,7 @@ class DatasetSpec:
     """A task dataset given by format and paths; :meth:`build` reads it.
 
     Attributes:
-        format: one of :data:`FORMAT_TASKS` (``refcoco_flat`` is the flat grounding JSON).
+        format: one of :func:`known_formats` (``refcoco_flat`` is the flat grounding JSON).
         path: what the format's reader takes first: the annotation file (charades_sta,
             qvhighlights, activitynet, refcoco's ``refs(unc).p``, refcoco_flat, llava) or the
             dataset root (lasot, got10k, davis, refytvos, mevis).
@@ -63,13 +66,11 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format not in FORMAT_TASKS:
-            raise ValueError(f"format: expected one of {sorted(FORMAT_TASKS)}, "
-                             f"got {self.format!r}")
+        format_task(self.format)
 
     @property
     def task(self) -> str:
-        return FORMAT_TASKS[self.format]
+        return format_task(self.format)
 
     def read(self) -> list:
         """The format reader's records."""
@@ -90,8 +91,9 @@ class DatasetSpec:
     def build(self) -> TaskDataset:
         """Read the records and wrap them in the task's dataset."""
         samples = self.read()
-        if self.task == "temporal":
-            if not self.media_root:
-                raise ValueError(f"{self.path}: moment formats need media_root (the videos)")
-            return MomentDataset(samples, self.media_root, **self.options)
-        return _DATASETS[self.task](samples, **self.options)
+        if self.task == ConversationDataset.task:
+            return ConversationDataset(samples, **self.options)
+        try:
+            return get_task(self.task).make_dataset(samples, media_root=self.media_root, **self.options)
+        except ValueError as err:
+            raise ValueError(f"{self.path}: {err}") from err

@@ -29,6 +29,7 @@ import numpy as np
 from tpo.datamodules.formats import got10k, lasot, llava, qvhighlights, refcoco, refytvos
 from tpo.datamodules.formats._frames import write_frames
 from tpo.datamodules.samples import ConversationSample, MomentSample, RefSample
+from tpo.tasks import BUILTIN_TASKS, get_task
 
 __all__ = ["COLOURS", "DIRECTIONS", "SHAPES", "SyntheticDataset", "make_synthetic_dataset",
            "random_objects", "render_clip", "write_h264"]
@@ -38,7 +39,10 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BACKGROUND = (30, 30, 30)
-TASKS = ("temporal", "box", "track", "mask", "conversation")
+CONVERSATION = "conversation"
+"""The samples without a head: conversations (LLaVA format), trained with the language loss only."""
+TASKS = (*BUILTIN_TASKS, CONVERSATION)
+"""What the generator writes: a split of every built-in task, and conversations."""
 
 
 @dataclass
@@ -174,27 +178,13 @@ class SyntheticDataset:
         return os.path.join(self.root, self.files[split][task])
 
     def samples(self, task: str, split: str = "train") -> list:
-        """The split's samples of ``task`` (one of ``temporal``, ``box``, ``track``, ``mask``,
-        ``conversation``) as read by the format readers."""
-        path = self.path(split, task)
-        if task == "temporal":
-            return qvhighlights.read(path, clip_len=1.0 / self.fps)
-        if task == "box":
-            return refcoco.read_flat(path, self.root)
-        if task == "track":
-            reader = got10k.read(os.path.dirname(path), split) if self.track_format == "got10k" \
-                else lasot.read(path)
-            for s in reader:
-                s.fps = self.fps
-            return reader
-        if task == "mask":
-            samples = refytvos.read(path, split)
-            for s in samples:
-                s.fps = self.fps
-            return samples
-        if task == "conversation":
-            return llava.read(path, self.root)
-        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+        """The split's samples of ``task`` (one of :data:`TASKS`) as read by the format readers
+        (:meth:`tpo.tasks.Task.read_synthetic`; conversations through the LLaVA reader)."""
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+        if task == CONVERSATION:
+            return llava.read(self.path(split, task), self.root)
+        return get_task(task).read_synthetic(self, split)
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> SyntheticDataset:

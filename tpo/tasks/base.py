@@ -48,6 +48,7 @@ class Task:
         default_query: what an instruction names when a sample gives no expression.
         dataset_formats: the public formats (:mod:`tpo.datamodules.formats`) read into this
             task's samples.
+        dataset_class: the :class:`~tpo.datamodules.datasets.TaskDataset` of its samples.
 
     Args:
         spec: the task's special tokens.
@@ -59,6 +60,7 @@ class Task:
     templates: tuple[str, ...] = ()
     default_query: str = "the object"
     dataset_formats: tuple[str, ...] = ()
+    dataset_class: type | None = None
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
@@ -125,6 +127,20 @@ class Task:
         prediction is a miss (the model did not call the task)."""
         self._needs_head("score")
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ data
+    def make_dataset(self, samples: Sequence[Any], *, media_root: str | None = None,
+                     num_frames: int | None = None, sampling: str | None = None, **options: Any):
+        """The task dataset of ``samples`` (records of :mod:`tpo.datamodules.samples`);
+        ``num_frames`` / ``sampling`` apply to video tasks, ``options`` go to the dataset."""
+        self._needs_head("dataset")
+        frames = {k: v for k, v in (("num_frames", num_frames), ("sampling", sampling)) if v is not None}
+        return self.dataset_class(samples, **frames, **options)
+
+    def read_synthetic(self, data: Any, split: str) -> list:
+        """This task's samples of a :class:`~tpo.datamodules.synthetic.SyntheticDataset` split
+        (``data.path(split, task)``), read back through the public format reader."""
+        raise ValueError(f"task {self.name!r}: the synthetic generator writes no data for it")
 
     # ------------------------------------------------------------------ text
     def prompt_fields(self) -> dict[str, str]:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tpo.datamodules.datasets import RefDataset
+from tpo.datamodules.formats import refcoco
 from tpo.heads import BoxHead
 from tpo.metrics import GroundingAccuracy
 from tpo.tasks._units import cxcywh_to_px, image_size
@@ -28,6 +30,7 @@ class BoxTask(Task):
     head_class = BoxHead
     headline = "acc@0.5"
     dataset_formats = ("refcoco", "refcoco_flat")
+    dataset_class = RefDataset
     templates = (
         "Where is {query} in the image?",
         "Give the bounding box of {query}.",
@@ -47,6 +50,13 @@ class BoxTask(Task):
         pred = torch.stack([p.box_xyxy.float().cpu() if p is not None else torch.zeros(4)
                             for p in predictions])
         metric.update(pred, truth.cpu())
+
+    def make_dataset(self, samples, *, media_root=None, num_frames=None, sampling=None, **options):
+        """A :class:`RefDataset` (images: ``num_frames`` and ``sampling`` do not apply)."""
+        return RefDataset(samples, **options)
+
+    def read_synthetic(self, data, split: str) -> list:
+        return refcoco.read_flat(data.path(split, self.name), data.root)
 
     def textual_answer(self, *, box: np.ndarray | None = None, **_) -> str:
         """``[x1, y1, x2, y2]`` normalised."""

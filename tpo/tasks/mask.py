@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tpo.datamodules.datasets import MaskDataset
+from tpo.datamodules.formats import refytvos
 from tpo.heads import MaskHead
 from tpo.metrics import JAndF
 from tpo.tasks.base import Task
@@ -27,6 +29,7 @@ class MaskTask(Task):
     visual_kwarg = "image_dim"
     headline = "J&F"
     dataset_formats = ("davis", "refytvos", "mevis")
+    dataset_class = MaskDataset
     templates = (
         "Segment {query} in the video.",
         "Give the masks of {query} in every frame.",
@@ -51,6 +54,12 @@ class MaskTask(Task):
                 for scale in HIGH_RES_SCALES
             ]
         return inputs
+
+    def read_synthetic(self, data, split: str) -> list:
+        samples = refytvos.read(data.path(split, self.name), split)
+        for sample in samples:
+            sample.fps = data.fps
+        return samples
 
     def prediction_meta(self, meta: Mapping[str, Any], rows: Mapping[str, Any] | None, i: int) -> dict:
         """Masks are predicted at the size of the target masks when there are targets."""

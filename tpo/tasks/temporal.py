@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tpo.datamodules.datasets import MomentDataset
+from tpo.datamodules.formats import qvhighlights
 from tpo.heads import TemporalGroundingHead
 from tpo.metrics import MomentRetrieval
 from tpo.ops import span_cxw_to_se
@@ -26,6 +28,7 @@ class TemporalTask(Task):
     headline = "R1@0.5"
     default_query = "the event"
     dataset_formats = ("charades_sta", "qvhighlights", "activitynet")
+    dataset_class = MomentDataset
     templates = (
         "When does this happen in the video: {query}",
         "Find the moment in the video that matches: {query}",
@@ -65,6 +68,16 @@ class TemporalTask(Task):
             for spans, m in zip(rows["spans"], meta, strict=True)
         ]
         metric.update(windows, truth)
+
+    def make_dataset(self, samples, *, media_root=None, num_frames=None, sampling=None, **options):
+        """A :class:`MomentDataset`; its videos are ``<media_root>/<vid>.mp4``."""
+        if not media_root:
+            raise ValueError("temporal datasets need media_root (the folder of the videos)")
+        frames = {k: v for k, v in (("num_frames", num_frames), ("sampling", sampling)) if v is not None}
+        return MomentDataset(samples, media_root, **frames, **options)
+
+    def read_synthetic(self, data, split: str) -> list:
+        return qvhighlights.read(data.path(split, self.name), clip_len=1.0 / data.fps)
 
     def textual_answer(self, *, windows_s: np.ndarray | None = None, **_: Any) -> str:
         """``"from 1.0 to 2.5 seconds"`` per window."""

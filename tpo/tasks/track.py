@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tpo.datamodules.datasets import TrackDataset
+from tpo.datamodules.formats import got10k, lasot
 from tpo.heads import TrackingHead
 from tpo.metrics import TrackingSuccess
 from tpo.tasks._units import cxcywh_to_px, image_size
@@ -26,6 +29,7 @@ class TrackTask(Task):
     head_class = TrackingHead
     headline = "success"
     dataset_formats = ("lasot", "got10k")
+    dataset_class = TrackDataset
     templates = (
         "Track {query} given at {box} through the video.",
         "The target is {query} at {box} in the first frame. Follow it in every frame.",
@@ -57,6 +61,17 @@ class TrackTask(Task):
             missed = predictions[i] is None
             pred = torch.zeros_like(truth) if missed else predictions[i].boxes_xywh.float().cpu()
             metric.update(pred, truth, rows["visible"][i].cpu())
+
+    def read_synthetic(self, data, split: str) -> list:
+        """The GOT-10k or LaSOT layout the synthetic folder was written in (``track_format``)."""
+        path = data.path(split, self.name)
+        if data.track_format == "got10k":
+            samples = got10k.read(os.path.dirname(path), split)
+        else:
+            samples = lasot.read(path)
+        for sample in samples:
+            sample.fps = data.fps
+        return samples
 
     def prompt_fields(self) -> dict[str, str]:
         return {"box": self.spec.input_token}
