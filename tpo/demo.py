@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from lightning import Callback, Trainer
 
+from tpo.tasks import get_task
+
 __all__ = ["DEMO_DATA", "DEMO_MODEL", "HEADLINE_METRICS", "demo_main", "run_demo"]
 
 #: The model the demo trains (also ``configs/demo.yaml``'s ``model``).
@@ -318,56 +320,16 @@ def _draw(out: Path, module, data, history: LossHistory) -> None:
                     continue
                 drawn.add(task)
                 _draw_item(out, task, item, batch)
-            if drawn >= {"temporal", "box", "track", "mask"}:
+            if drawn >= set(module.heads):
                 break
 
 
 def _draw_item(out: Path, task: str, item: dict, batch: dict) -> None:
-    from tpo import viz
-
-    meta, pred = item["meta"], item["prediction"]
+    meta = item["meta"]
     index = next(i for i, m in enumerate(batch["meta"]) if m is meta)
     rows = batch["targets"][task]
     row = int((rows["sample_index"] == index).nonzero()[0, 0])
-    height, width = meta["frame_size"]
-    frames = _frames(meta, batch, index)
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    if task == "temporal":
-        duration = float(meta["duration"])
-        spans = rows["spans"][row].numpy()
-        truth = [[(c - w / 2) * duration, (c + w / 2) * duration] for c, w in spans]
-        viz.plot_timelines(
-            [
-                {
-                    "label": meta.get("id", ""),
-                    "duration": duration,
-                    "truth": truth,
-                    "pred": pred.windows.tolist(),
-                }
-            ],
-            out / "temporal_timeline.png",
-        )
-    elif task == "box":
-        cx, cy, w, h = rows["boxes"][row].numpy() * scale
-        viz.plot_boxes(
-            [
-                {
-                    "image": frames[0],
-                    "truth": (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2),
-                    "pred": pred.box_xyxy.numpy(),
-                    "label": meta.get("id", ""),
-                }
-            ],
-            out / "boxes.png",
-        )
-    elif task == "track":
-        boxes = rows["boxes"][row].numpy() * scale
-        truth = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], 1)
-        viz.plot_tracks(frames, truth, pred.boxes_xywh.numpy(), out / "tracking.png", meta.get("id", ""))
-    elif task == "mask":
-        viz.plot_masks(
-            frames, rows["masks"][row].numpy(), pred.masks.numpy(), out / "masks.png", meta.get("id", "")
-        )
+    get_task(task).draw(item["prediction"], rows, row, meta, _frames(meta, batch, index), out)
 
 
 def _frames(meta: dict, batch: dict, index: int) -> np.ndarray:

@@ -151,6 +151,13 @@ class Task:
         """The answer written as text (the ``textual`` ablation); none here."""
         raise ValueError(f"task {self.name!r}: no textual answer")
 
+    def draw(self, prediction: Any, rows: Mapping[str, Any], row: int, meta: Mapping[str, Any],
+             frames: np.ndarray, folder: Any) -> Any:
+        """Draw one prediction against its target (:mod:`tpo.viz`) into ``folder``; ``rows`` are
+        the collator's rows, ``row`` the sample's, ``frames (T, H, W, 3)`` uint8. Returns the
+        file written; nothing here."""
+        return None
+
     def answer_fields(self, prediction: Any) -> dict[str, Any]:
         """The :class:`~tpo.Answer` fields (``spans``, ``boxes``, ``track``, ``masks``,
         ``scores``) a prediction fills; none here."""

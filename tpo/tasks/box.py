@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,6 +64,15 @@ class BoxTask(Task):
         if box is None:
             raise ValueError("task 'box': the textual answer needs box")
         return format_box(box)
+
+    def draw(self, prediction, rows, row, meta, frames, folder):
+        """``boxes.png``: the predicted box against the true one on the image."""
+        from tpo import viz
+
+        truth = cxcywh_to_px(rows["boxes"][row][None], tuple(meta["frame_size"]), "xyxy")[0]
+        item = {"image": frames[0], "truth": tuple(truth.tolist()), "pred": prediction.box_xyxy.numpy(),
+                "label": meta.get("id", "")}
+        return viz.plot_boxes([item], Path(folder) / "boxes.png")
 
     def answer_fields(self, prediction) -> dict:
         return {"boxes": prediction.box_xyxy.reshape(1, 4)}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,6 +77,13 @@ class MaskTask(Task):
 
     def textual_answer(self, **values: Any) -> str:
         raise ValueError("task 'mask': no textual answer (masks have none)")
+
+    def draw(self, prediction, rows, row, meta, frames, folder):
+        """``masks.png``: predicted and true masks on every frame."""
+        from tpo import viz
+
+        return viz.plot_masks(frames, rows["masks"][row].numpy(), prediction.masks.numpy(),
+                              Path(folder) / "masks.png", meta.get("id", ""))
 
     def answer_fields(self, prediction) -> dict:
         return {"masks": prediction.masks, "scores": prediction.scores}

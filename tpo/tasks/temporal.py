@@ -4,6 +4,7 @@ Charades-STA, ActivityNet Captions)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,16 @@ class TemporalTask(Task):
         if windows_s is None:
             raise ValueError("task 'temporal': the textual answer needs windows_s")
         return "; ".join(f"from {s:.1f} to {e:.1f} seconds" for s, e in np.asarray(windows_s))
+
+    def draw(self, prediction, rows, row, meta, frames, folder):
+        """``temporal_timeline.png``: predicted windows against the true ones, seconds."""
+        from tpo import viz
+
+        duration = float(meta["duration"])
+        truth = [[(c - w / 2) * duration, (c + w / 2) * duration] for c, w in rows["spans"][row].numpy()]
+        item = {"label": meta.get("id", ""), "duration": duration, "truth": truth,
+                "pred": prediction.windows.tolist()}
+        return viz.plot_timelines([item], Path(folder) / "temporal_timeline.png")
 
     def answer_fields(self, prediction) -> dict:
         return {"spans": prediction.windows[:, :2], "scores": prediction.windows[:, 2]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,14 @@ class TrackTask(Task):
         if boxes is None:
             raise ValueError("task 'track': the textual answer needs boxes")
         return " ".join(format_box(b) for b in boxes)
+
+    def draw(self, prediction, rows, row, meta, frames, folder):
+        """``tracking.png``: predicted and true boxes on every frame."""
+        from tpo import viz
+
+        truth = cxcywh_to_px(rows["boxes"][row], tuple(meta["frame_size"]), "xywh").numpy()
+        return viz.plot_tracks(frames, truth, prediction.boxes_xywh.numpy(), Path(folder) / "tracking.png",
+                               meta.get("id", ""))
 
     def answer_fields(self, prediction) -> dict:
         return {"track": prediction.boxes_xywh, "scores": prediction.scores}
