@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tpo.heads import BoxHead, MaskHead, TemporalGroundingHead
+from tpo.losses import weighted
 
 D, DV, C, B, T = 16, 12, 8, 2, 6
 NAN = float("nan")
@@ -153,6 +154,19 @@ CASES = [
 ]
 
 
+GOOD_TARGETS = {
+    "temporal": _temporal_targets,
+    "box": lambda: {"boxes": BOX_TARGET},
+    "mask": lambda: {"masks": _masks()},
+}
+
+
+def test_weighted_names_the_term_without_a_weight(heads, outputs):
+    terms = heads["box"].loss(outputs["box"], {"boxes": BOX_TARGET})
+    with pytest.raises(ValueError, match=r"weight_dict: no weight for the loss terms \['loss_patch'\]"):
+        weighted(terms, {"loss_bbox": 5.0, "loss_giou": 2.0})
+
+
 @pytest.mark.parametrize(("head", "method", "make", "message"), CASES,
                          ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_raises_a_named_value_error(heads, outputs, head, method, make, message):
@@ -171,6 +185,9 @@ def test_good_inputs_still_pass(heads, outputs):
     assert set(heads["box"].loss(outputs["box"], {"boxes": BOX_TARGET})) >= {"loss_bbox"}
     # same aspect ratio at another size is documented as resized, 0/1 float masks are bool masks
     assert set(heads["mask"].loss(outputs["mask"], {"masks": _masks(3, 32, 32, dtype=torch.float32)}))
+    for name, head in heads.items():  # every term a head returns has a weight
+        terms = head.loss(outputs[name], GOOD_TARGETS[name]())
+        assert set(weighted(terms, head.weight_dict)) == set(terms), name
     one = type(outputs["box"])(boxes=outputs["box"].boxes[:1])
     (pred,) = heads["box"].postprocess(one, [{"image_size": (240, 320)}])
     assert pred.box_xyxy.shape == (4,)

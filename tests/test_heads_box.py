@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tpo.heads import BoxHead, BoxOutput
-from tpo.losses import BoxCriterion
+from tpo.losses import BoxCriterion, weighted
 from tpo.ops.boxes import box_iou_elementwise, boxes_to_pixels
 
 D, DV, N = 16, 12, 16
@@ -41,7 +41,7 @@ def test_overfits_one_batch(use_visual):
     optimizer = torch.optim.AdamW(head.parameters(), lr=5e-3, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     for step in range(steps):
-        total = sum(head.loss(head(task, visual), {"boxes": TARGET}).values())
+        total = sum(weighted(head.loss(head(task, visual), {"boxes": TARGET}), head.weight_dict).values())
         if step == 0:
             first = total.item()
         optimizer.zero_grad()
@@ -62,7 +62,7 @@ def test_gradients_reach_task_embeddings_and_visual():
     task.requires_grad_(True)
     visual.requires_grad_(True)
     losses = head.loss(head(task, visual), {"boxes": TARGET})
-    assert set(losses) == {"loss_bbox", "loss_giou", "loss_patch"}
+    assert set(losses) == {"loss_bbox", "loss_giou", "loss_patch"} == set(head.weight_dict)
     for name, value in losses.items():
         task_grad, visual_grad = torch.autograd.grad(value, (task, visual), retain_graph=True)
         assert task_grad.abs().sum() > 0 and visual_grad.abs().sum() > 0, name
@@ -71,10 +71,26 @@ def test_gradients_reach_task_embeddings_and_visual():
 def test_criterion_hand_computed():
     pred = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
     target = torch.tensor([[0.5, 0.5, 0.4, 0.2]])
-    losses = BoxCriterion()(pred, target)
+    criterion = BoxCriterion()
+    losses = criterion(pred, target)
     # L1: |0.2 - 0.4| = 0.2 ; IoU = 0.04 / 0.08 = 0.5, hull = union -> GIoU 0.5
-    assert losses["loss_bbox"].item() == pytest.approx(5 * 0.2)
-    assert losses["loss_giou"].item() == pytest.approx(2 * 0.5)
+    assert losses["loss_bbox"].item() == pytest.approx(0.2)
+    assert losses["loss_giou"].item() == pytest.approx(0.5)
+    scaled = weighted(losses, criterion.weight_dict)  # DETR's weights 5 and 2
+    assert scaled["loss_bbox"].item() == pytest.approx(5 * 0.2)
+    assert scaled["loss_giou"].item() == pytest.approx(2 * 0.5)
+
+
+def test_no_valid_box_gives_zero_terms_still_in_the_graph():
+    pred = torch.rand(2, 3, 4, requires_grad=True)
+    logits = torch.randn(2, 3, 4, requires_grad=True)
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    target = torch.full((2, 3, 4), 0.5)
+    losses = BoxCriterion()(pred, target, none, patch_logits=logits, grid_size=(2, 2))
+    for name, value in losses.items():
+        assert value.item() == 0 and value.requires_grad, name
+    pred_grad, logits_grad = torch.autograd.grad(sum(losses.values()), (pred, logits))
+    assert not pred_grad.any() and not logits_grad.any()
 
 
 def test_postprocess_pixels():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tpo.heads import MaskHead
-from tpo.losses import MaskCriterion
+from tpo.losses import MaskCriterion, weighted
 from tpo.ops.masks import mask_iou
 
 D, C, B, T = 16, 12, 3, 2
@@ -50,7 +50,7 @@ def test_overfits_one_batch(mask_loss):
     optimizer = torch.optim.AdamW(head.parameters(), lr=5e-3, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     for step in range(steps):
-        total = sum(head.loss(head(task, image), targets).values())
+        total = sum(weighted(head.loss(head(task, image), targets), head.weight_dict).values())
         if step == 0:
             first = total.item()
         optimizer.zero_grad()
@@ -72,7 +72,7 @@ def test_gradients_reach_task_embeddings_from_every_term():
     task, image, targets = _batch()
     task.requires_grad_(True)
     losses = head.loss(head(task, image), targets)
-    assert set(losses) == {"loss_mask", "loss_dice", "loss_iou", "loss_class"}
+    assert set(losses) == {"loss_mask", "loss_dice", "loss_iou", "loss_class"} == set(head.weight_dict)
     for name, value in losses.items():
         (grad,) = torch.autograd.grad(value, task, retain_graph=True)
         assert grad.abs().sum() > 0, name
@@ -96,12 +96,19 @@ def test_criterion_weights_and_iou_target():
     target[0, :1] = True  # predicted 8 pixels, 4 correct -> IoU 0.5
     focal = MaskCriterion()(logits, target, torch.tensor([0.5]))
     assert focal["loss_iou"].item() == pytest.approx(0.0, abs=1e-12)
-    bce = MaskCriterion(mask_loss="bce")(logits, target, torch.tensor([1.0]))
+    criterion = MaskCriterion(mask_loss="bce")
+    bce = criterion(logits, target, torch.tensor([1.0]))
     assert bce["loss_iou"].item() == pytest.approx(0.25)
     # every pixel costs log(1 + e^-10); the 4 wrong ones 10 more
-    expected = 2.0 * (4 * 10 + 16 * math.log1p(math.exp(-10))) / 16
+    expected = (4 * 10 + 16 * math.log1p(math.exp(-10))) / 16
     assert bce["loss_mask"].item() == pytest.approx(expected, rel=1e-5)
-    assert bce["loss_dice"].item() == pytest.approx(0.5 * (1 - 9 / 13), rel=1e-3)
+    assert bce["loss_dice"].item() == pytest.approx(1 - 9 / 13, rel=1e-3)
+    scaled = weighted(bce, criterion.weight_dict)  # LISA's weights: BCE 2, dice 0.5
+    assert scaled["loss_mask"].item() == pytest.approx(2.0 * expected, rel=1e-5)
+    assert scaled["loss_dice"].item() == pytest.approx(0.5 * (1 - 9 / 13), rel=1e-3)
+    assert scaled["loss_iou"].item() == pytest.approx(0.25)
+    sam2 = {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0}
+    assert MaskCriterion().weight_dict == sam2
 
 
 def test_object_score_takes_absent_frames_off_the_mask_terms():
@@ -210,6 +217,19 @@ def test_import_leaves_sam2_optional():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_output_tokens_are_named_and_high_res_scales_exposed():
+    head = _head()
+    tokens = (head.object_score_token, head.iou_token, head.mask_tokens)
+    assert all(token.weight.shape == (1, 64) for token in tokens)
+    assert head.high_res_scales == MaskHead.high_res_scales == (4, 2)
+    task, image, targets = _batch()
+    head.loss(head(task, image), targets)["loss_iou"].backward()
+    assert head.iou_token.weight.grad.abs().sum() > 0
+    deep = _head(head_depth=2, attention_downsample_rate=1)
+    assert len(deep.hypernet.layers) == len(deep.iou_head.layers) == len(deep.object_score_head.layers) == 2
+    assert deep.transformer.final_attn.q_proj.out_features == 64
 
 
 def test_upscaling_starts_without_checkerboard():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tpo.heads import TemporalGroundingHead, TemporalGroundingOutput
 from tpo.heads.base import sine_position_2d
-from tpo.losses import TemporalGroundingCriterion, saliency_from_spans
+from tpo.losses import TemporalGroundingCriterion, saliency_from_spans, weighted
 from tpo.ops.spans import span_cxw_to_se, temporal_iou
 
 D, DV, T = 16, 12, 12
@@ -60,7 +60,7 @@ def test_overfits_one_batch():
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     for step in range(steps):
-        total = sum(head.loss(head(task, video, mask), targets).values())
+        total = sum(weighted(head.loss(head(task, video, mask), targets), head.weight_dict).values())
         if step == 0:
             first = total.item()
         optimizer.zero_grad()
@@ -88,6 +88,7 @@ def test_gradients_reach_task_embeddings_from_every_term():
     task.requires_grad_(True)
     losses = head.loss(head(task, video, mask), targets)
     assert {"loss_span", "loss_giou", "loss_label", "loss_saliency", "loss_span_0"} <= set(losses)
+    assert set(losses) == set(head.weight_dict)
     for name, value in losses.items():
         (grad,) = torch.autograd.grad(value, task, retain_graph=True)
         assert grad.abs().sum() > 0, name
@@ -111,7 +112,7 @@ def test_label_loss_equals_two_class_cross_entropy():
     spans = torch.rand(4, 5, 2) * 0.3 + 0.2
     _, _, mask, targets = _batch()
     output = TemporalGroundingOutput(spans, logits, torch.zeros(4, T), mask)
-    got = criterion(output, targets)["loss_label"] / criterion.weight_label
+    got = criterion(output, targets)["loss_label"]
     classes = torch.ones(4, 5, dtype=torch.long)  # 1 = no object
     for b, (rows, _) in enumerate(criterion.matcher(logits, spans, targets)):
         classes[b, rows] = 0
@@ -157,6 +158,29 @@ def test_no_targets_only_label_term_is_nonzero():
     assert losses["loss_span"].item() == 0 and losses["loss_giou"].item() == 0
     assert losses["loss_saliency"].item() == 0
     assert losses["loss_label"].item() > 0
+    assert all(value.requires_grad for value in losses.values())  # in the graph without a `* 0` term
+
+
+def test_weight_dict_has_paper_weights_for_every_decoder_layer():
+    head = _head(num_decoder_layers=3)
+    spans, giou, label = 10.0, 1.0, 4.0  # Moment-DETR
+    expected = {"loss_saliency": 1.0}
+    for s in ("", "_0", "_1"):
+        expected.update({f"loss_span{s}": spans, f"loss_giou{s}": giou, f"loss_label{s}": label})
+    assert head.weight_dict == expected
+    task, video, mask, targets = _batch()
+    terms = head.loss(head(task, video, mask), targets)
+    scaled = weighted(terms, head.weight_dict)
+    for name, value in terms.items():
+        torch.testing.assert_close(scaled[name], expected[name] * value)
+    criterion = TemporalGroundingCriterion(weight_span=5.0, num_aux_layers=2)
+    assert _head(num_decoder_layers=3, criterion=criterion).weight_dict["loss_span_1"] == 5.0
+    with pytest.raises(ValueError, match=r"criterion: weighs 0 auxiliary decoder layers"):
+        _head(criterion=TemporalGroundingCriterion())
+    output = head(task, video, mask)
+    output.aux = output.aux[:1]
+    with pytest.raises(ValueError, match=r"output.aux: 1 auxiliary decoder outputs"):
+        head.loss(output, targets)
 
 
 def test_postprocess_seconds_sorted_clamped_and_nms():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tpo.heads import TrackingHead, TrackingOutput
+from tpo.losses import weighted
 from tpo.ops.boxes import box_iou_elementwise, box_xywh_to_xyxy, boxes_to_pixels
 
 D, DV, B, T, N = 16, 12, 3, 4, 16
@@ -56,7 +57,7 @@ def test_overfits_one_batch():
     optimizer = torch.optim.AdamW(head.parameters(), lr=5e-3, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     for step in range(steps):
-        total = sum(head.loss(head(task, frames), targets).values())
+        total = sum(weighted(head.loss(head(task, frames), targets), head.weight_dict).values())
         if step == 0:
             first = total.item()
         optimizer.zero_grad()
@@ -92,10 +93,22 @@ def test_gradients_reach_task_embeddings_from_every_term():
     task, frames, targets = _batch()
     task.requires_grad_(True)
     losses = head.loss(head(task, frames), targets)
-    assert set(losses) == {"loss_bbox", "loss_giou", "loss_visible", "loss_patch"}
+    assert set(losses) == {"loss_bbox", "loss_giou", "loss_visible", "loss_patch"} == set(head.weight_dict)
     for name, value in losses.items():
         (grad,) = torch.autograd.grad(value, task, retain_graph=True)
         assert grad.abs().sum() > 0, name
+
+
+def test_no_visible_frame_leaves_box_terms_zero_but_in_the_graph():
+    head = _head()
+    task, frames, targets = _batch()
+    task.requires_grad_(True)
+    hidden = {"boxes": targets["boxes"], "visible": torch.zeros(B, T, dtype=torch.bool)}
+    losses = head.loss(head(task, frames), hidden)
+    for name in ("loss_bbox", "loss_giou", "loss_patch"):
+        assert losses[name].item() == 0 and losses[name].requires_grad, name
+    (grad,) = torch.autograd.grad(losses["loss_visible"], task)
+    assert grad.abs().sum() > 0
 
 
 def test_postprocess_xywh_pixels():
@@ -107,6 +120,8 @@ def test_postprocess_xywh_pixels():
     expected = torch.tensor([[50.0, 25.0, 100.0, 50.0], [0.0, 0.0, 100.0, 50.0]])
     torch.testing.assert_close(prediction.boxes_xywh, expected)
     assert prediction.visible.tolist() == [True, False]
+    strict = TrackingHead(embed_dim=D, visual_dim=DV, hidden_dim=32, num_heads=4, visible_threshold=0.9)
+    assert strict.postprocess(output, [{"image_size": (100, 200)}])[0].visible.tolist() == [False, False]
 
 
 def test_bad_input_raises():

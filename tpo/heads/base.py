@@ -1,4 +1,4 @@
-"""Building blocks shared by the heads: MLP, sine position encodings, input checks."""
+"""Building blocks shared by the heads: MLP, sine position encodings, patch grids, input checks."""
 
 from __future__ import annotations
 
@@ -10,21 +10,38 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "MLP", "CountedLoss", "sine_position_1d", "sine_position_2d", "check_shape", "meta_value", "meta_size"
+    "DETR_MLP_LAYERS",
+    "MLP",
+    "CountedLoss",
+    "sine_position_1d",
+    "sine_position_2d",
+    "grid_of",
+    "check_shape",
+    "meta_value",
+    "meta_size",
 ]
+
+DETR_MLP_LAYERS = 3
+"""Depth of the prediction MLPs (DETR's box MLP, Moment-DETR's span MLP, SAM's hypernetwork)."""
 
 
 class CountedLoss:
     """A head whose ``criterion`` averages its terms over counted items (boxes, frames, spans):
     ``loss_count_keys`` names them, ``loss_counts(output, targets)`` counts them in a batch, and
     ``loss(..., normalizers=...)`` takes their totals over all processes
-    (:mod:`tpo.losses.normalizers`)."""
+    (:mod:`tpo.losses.normalizers`). ``loss`` returns the terms unweighted; ``weight_dict`` is the
+    criterion's ``{term: weight}`` (:func:`tpo.losses.weighted`)."""
 
     criterion: nn.Module
 
     @property
     def loss_count_keys(self) -> tuple[str, ...]:
         return tuple(self.criterion.count_keys)
+
+    @property
+    def weight_dict(self) -> dict[str, float]:
+        """The criterion's ``{term: weight}`` (the same dict: changing it changes the criterion's)."""
+        return self.criterion.weight_dict
 
 
 class MLP(nn.Module):
@@ -71,6 +88,22 @@ def sine_position_2d(
         dim=-1,
     )
     return grid.reshape(height * width, dim)
+
+
+def grid_of(num_tokens: int, grid_size: tuple[int, int] | None, name: str) -> tuple[int, int]:
+    """The ``(h, w)`` patch grid of ``num_tokens`` row-major tokens.
+
+    ``grid_size`` if given (it must multiply to ``num_tokens``), else a square grid, which
+    requires ``num_tokens`` to be a perfect square; ``ValueError`` naming ``name`` otherwise.
+    """
+    if grid_size is None:
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise ValueError(f"{name}: {num_tokens} tokens are not a square grid; pass grid_size=(h, w)")
+        return side, side
+    if grid_size[0] * grid_size[1] != num_tokens:
+        raise ValueError(f"{name}: grid_size {tuple(grid_size)} does not hold {num_tokens} tokens")
+    return int(grid_size[0]), int(grid_size[1])
 
 
 def check_shape(

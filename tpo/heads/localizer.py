@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP
+from tpo.heads.base import DETR_MLP_LAYERS, MLP
 from tpo.ops.boxes import patch_centers
 
 __all__ = ["PatchLocalizer"]
@@ -32,7 +32,7 @@ class PatchLocalizer(nn.Module):
         super().__init__()
         self.query_proj = nn.Linear(hidden_dim, hidden_dim)
         self.key_proj = nn.Linear(hidden_dim, hidden_dim)
-        self.box_mlp = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=4, num_layers=3)
+        self.box_mlp = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=4, num_layers=DETR_MLP_LAYERS)
 
     def forward(self, query: Tensor, memory: Tensor, grid_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         height, width = grid_size

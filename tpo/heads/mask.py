@@ -10,18 +10,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, CountedLoss, check_shape, meta_size, sine_position_1d, sine_position_2d
+from tpo.heads.base import (
+    DETR_MLP_LAYERS,
+    MLP,
+    CountedLoss,
+    check_shape,
+    meta_size,
+    sine_position_1d,
+    sine_position_2d,
+)
 from tpo.losses.masks import MaskCriterion
-from tpo.ops.masks import resize_mask_logits
+from tpo.ops.masks import MASK_THRESHOLD, OBJECT_SCORE_THRESHOLD, resize_mask_logits
 
 __all__ = [
+    "HIGH_RES_SCALES",
     "MaskHead",
     "MaskOutput",
     "MaskPrediction",
     "TwoWayTransformer",
+    "UPSCALE_DIVISORS",
+    "UPSCALE_FACTOR",
     "mask_losses",
     "postprocess_masks",
 ]
+
+UPSCALE_FACTOR = 2
+"""Each of the two upscaling stages (a transposed convolution, kernel = stride = 2) doubles the
+grid: the masks are 4x the image grid."""
+
+UPSCALE_DIVISORS = (4, 8)
+"""Channels of the two 2x upscaling stages as divisors of ``hidden_dim`` (SAM: ``d / 4`` at 2x the
+image grid, then ``d / 8`` at 4x, the mask resolution)."""
+
+HIGH_RES_SCALES = (UPSCALE_FACTOR**2, UPSCALE_FACTOR)
+"""Sizes of the optional high-resolution features relative to the image grid, in ``high_res``
+order: ``(C_4x, 4h, 4w)`` joins the second upscaling stage, ``(C_2x, 2h, 2w)`` the first (SAM2's
+FPN levels at strides 4 and 8 next to the image embedding's 16)."""
 
 
 @dataclass
@@ -74,6 +98,10 @@ class _Attention(nn.Module):
 
 
 class _TwoWayBlock(nn.Module):
+    """SAM's ``TwoWayAttentionBlock``: token self-attention, tokens -> image, token MLP,
+    image -> tokens, each followed by its LayerNorm. The first block's self-attention skips the
+    token positions (``skip_pe``)."""
+
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample: int, skip_pe: bool):
         super().__init__()
         self.skip_pe = skip_pe
@@ -81,20 +109,27 @@ class _TwoWayBlock(nn.Module):
         self.token_to_image = _Attention(dim, num_heads, downsample)
         self.image_to_token = _Attention(dim, num_heads, downsample)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, dim))
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4))
+        self.self_attn_norm = nn.LayerNorm(dim)
+        self.token_to_image_norm = nn.LayerNorm(dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.image_to_token_norm = nn.LayerNorm(dim)
 
     def forward(
         self, tokens: Tensor, image: Tensor, token_pe: Tensor, image_pe: Tensor
     ) -> tuple[Tensor, Tensor]:
+        """``tokens (B, L, d)``, ``image (B, N, d)``, ``token_pe (B, L, d)``, ``image_pe (N, d)``
+        -> updated ``tokens (B, L, d)`` and ``image (B, N, d)``."""
         if self.skip_pe:
             tokens = self.self_attn(tokens, tokens, tokens)
         else:
             q = tokens + token_pe
             tokens = tokens + self.self_attn(q, q, tokens)
-        tokens = self.norms[0](tokens)
-        tokens = self.norms[1](tokens + self.token_to_image(tokens + token_pe, image + image_pe, image))
-        tokens = self.norms[2](tokens + self.mlp(tokens))
-        image = self.norms[3](image + self.image_to_token(image + image_pe, tokens + token_pe, tokens))
+        tokens = self.self_attn_norm(tokens)
+        attn = self.token_to_image(tokens + token_pe, image + image_pe, image)
+        tokens = self.token_to_image_norm(tokens + attn)
+        tokens = self.mlp_norm(tokens + self.mlp(tokens))
+        attn = self.image_to_token(image + image_pe, tokens + token_pe, tokens)
+        image = self.image_to_token_norm(image + attn)
         return tokens, image
 
 
@@ -143,17 +178,18 @@ def _init_as_nearest_upsampling(conv: nn.ConvTranspose2d) -> None:
 class MaskHead(CountedLoss, nn.Module):
     """Promptable mask decoder after SAM, with the task embedding as the prompt.
 
-    The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; with an object-score
-    token, an IoU token and a mask token they run through a two-way transformer against the
-    image embedding (a 1x1-conv projection of the patch grid plus 2-D sine positions). For video,
-    the mask tokens of the ``T`` frames then attend to each other (light temporal attention). Two
-    transposed convolutions upscale the image embedding 4x (adding projected 2x and 4x features
-    when ``high_res_dims`` is set, as SAM2 does with its FPN levels, e.g. a timm encoder's
-    ``features_only`` maps at strides 4 and 8 next to stride 16; they start as nearest-neighbour
-    upsampling, ICNR); the mask is the dot product of each pixel with a hypernetwork MLP of the
-    mask token. An MLP on the IoU token predicts the mask's IoU; one on the object-score token
-    predicts whether the object is in the frame at all (SAM2's ``pred_obj_scores``), which
-    referring video segmentation needs: the referred object is absent from many frames.
+    The task embedding becomes ``num_prompt_tokens`` sparse prompt tokens; after SAM2's output
+    tokens (``object_score_token``, ``iou_token``, ``mask_tokens``) they run through a two-way
+    transformer against the image embedding (a 1x1-conv projection of the patch grid plus 2-D
+    sine positions). For video, the mask tokens of the ``T`` frames then attend to each other
+    (light temporal attention). Two transposed convolutions upscale the image embedding 4x
+    (adding projected 2x and 4x features when ``high_res_dims`` is set, as SAM2 does with its FPN
+    levels, e.g. a timm encoder's ``features_only`` maps at strides 4 and 8 next to stride 16;
+    they start as nearest-neighbour upsampling, ICNR); the mask is the dot product of each pixel
+    with a hypernetwork MLP of the mask token. An MLP on the IoU token predicts the mask's IoU;
+    one on the object-score token predicts whether the object is in the frame at all (SAM2's
+    ``pred_obj_scores``), which referring video segmentation needs: the referred object is
+    absent from many frames.
 
     Args:
         embed_dim: ``D``, size of the task embedding.
@@ -163,13 +199,22 @@ class MaskHead(CountedLoss, nn.Module):
         num_heads: attention heads.
         num_layers: two-way transformer blocks (SAM: 2).
         mlp_dim: MLP width inside the two-way blocks.
+        attention_downsample_rate: inner width divisor of the token/image cross-attention (SAM: 2).
+        head_depth: layers of the hypernetwork, IoU and object-score MLPs (SAM: 3).
         temporal_attention: attend across frames before decoding the masks.
         mask_loss: ``"focal"`` (SAM2: focal 20 + dice 1) or ``"bce"`` (LISA: BCE 2 + dice 0.5);
             ignored when ``criterion`` is given.
         criterion: the loss; default :class:`MaskCriterion` with ``mask_loss`` and IoU-MSE 1.
-        high_res_dims: channels ``(C_4x, C_2x)`` of optional higher-resolution features at 4x
-            and 2x the image grid; ``None`` for the image embedding alone.
+        high_res_dims: channels ``(C_4x, C_2x)`` of optional higher-resolution features at
+            :attr:`high_res_scales` (4x and 2x) the image grid; ``None`` for the image embedding
+            alone.
+
+    Attributes:
+        high_res_scales: :data:`HIGH_RES_SCALES`, the sizes of the ``high_res`` features relative
+            to the image grid, in order.
     """
+
+    high_res_scales: tuple[int, int] = HIGH_RES_SCALES
 
     def __init__(
         self,
@@ -181,14 +226,16 @@ class MaskHead(CountedLoss, nn.Module):
         num_heads: int = 8,
         num_layers: int = 2,
         mlp_dim: int = 1024,
+        attention_downsample_rate: int = 2,
+        head_depth: int = DETR_MLP_LAYERS,
         temporal_attention: bool = True,
         mask_loss: Literal["focal", "bce"] = "focal",
         criterion: MaskCriterion | None = None,
         high_res_dims: tuple[int, int] | None = None,
     ):
         super().__init__()
-        if hidden_dim % 8:
-            raise ValueError(f"hidden_dim: expected a multiple of 8, got {hidden_dim}")
+        if hidden_dim % UPSCALE_DIVISORS[-1]:
+            raise ValueError(f"hidden_dim: expected a multiple of {UPSCALE_DIVISORS[-1]}, got {hidden_dim}")
         self.embed_dim = embed_dim
         self.image_dim = image_dim
         self.hidden_dim = hidden_dim
@@ -197,30 +244,36 @@ class MaskHead(CountedLoss, nn.Module):
             nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_prompt_tokens * hidden_dim)
         )
         self.image_proj = nn.Sequential(nn.Conv2d(image_dim, hidden_dim, 1), _LayerNorm2d(hidden_dim))
-        self.output_tokens = nn.Embedding(3, hidden_dim)  # object-score, IoU and mask tokens
+        self.object_score_token = nn.Embedding(1, hidden_dim)
+        self.iou_token = nn.Embedding(1, hidden_dim)
+        self.mask_tokens = nn.Embedding(1, hidden_dim)  # one mask per frame (SAM's single-mask output)
         self.transformer = TwoWayTransformer(
-            dim=hidden_dim, num_heads=num_heads, num_layers=num_layers, mlp_dim=mlp_dim
+            dim=hidden_dim,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            mlp_dim=mlp_dim,
+            downsample=attention_downsample_rate,
         )
         self.temporal_attention = temporal_attention
         if temporal_attention:
             self.temporal_attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
             self.temporal_norm = nn.LayerNorm(hidden_dim)
-        self.upscale_1 = nn.ConvTranspose2d(hidden_dim, hidden_dim // 4, 2, stride=2)
-        self.upscale_norm = _LayerNorm2d(hidden_dim // 4)
-        self.upscale_2 = nn.ConvTranspose2d(hidden_dim // 4, hidden_dim // 8, 2, stride=2)
+        up_2x, up_4x = (hidden_dim // divisor for divisor in UPSCALE_DIVISORS)
+        self.upscale_1 = nn.ConvTranspose2d(hidden_dim, up_2x, UPSCALE_FACTOR, stride=UPSCALE_FACTOR)
+        self.upscale_norm = _LayerNorm2d(up_2x)
+        self.upscale_2 = nn.ConvTranspose2d(up_2x, up_4x, UPSCALE_FACTOR, stride=UPSCALE_FACTOR)
         for upscale in (self.upscale_1, self.upscale_2):
             _init_as_nearest_upsampling(upscale)
         self.high_res_dims = high_res_dims
-        if high_res_dims is not None:
+        if high_res_dims is not None:  # in the order of high_res_scales: 4x, then 2x
             self.high_res_proj = nn.ModuleList(
-                (
-                    nn.Conv2d(high_res_dims[0], hidden_dim // 8, 1),
-                    nn.Conv2d(high_res_dims[1], hidden_dim // 4, 1),
-                )
+                (nn.Conv2d(high_res_dims[0], up_4x, 1), nn.Conv2d(high_res_dims[1], up_2x, 1))
             )
-        self.hypernet = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=hidden_dim // 8, num_layers=3)
-        self.iou_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=3)
-        self.object_score_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=3)
+        self.hypernet = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=up_4x, num_layers=head_depth)
+        self.iou_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=head_depth)
+        self.object_score_head = MLP(
+            in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=1, num_layers=head_depth
+        )
         self.criterion = criterion if criterion is not None else MaskCriterion(mask_loss=mask_loss)
 
     def forward(
@@ -233,7 +286,7 @@ class MaskHead(CountedLoss, nn.Module):
             image: ``(B, T, C, h, w)`` image embedding per frame (e.g. the backbone's tokens
                 reshaped to the patch grid, or a timm feature map).
             high_res: with ``high_res_dims`` set, ``(B, T, C_4x, 4h, 4w)`` and
-                ``(B, T, C_2x, 2h, 2w)`` features; otherwise ``None``.
+                ``(B, T, C_2x, 2h, 2w)`` features (:attr:`high_res_scales`); otherwise ``None``.
         """
         sizes = check_shape(task_embeds, "task_embeds", ("B", "D"), {"D": (self.embed_dim, "embed_dim")})
         sizes.update(
@@ -242,24 +295,25 @@ class MaskHead(CountedLoss, nn.Module):
             )
         )
         batch, length, height, width = sizes["B"], sizes["T"], sizes["h"], sizes["w"]
+        skips = self._check_high_res(high_res, batch, length, height, width)
         dim = self.hidden_dim
         feats = self.image_proj(image.flatten(0, 1))  # (B T, d, h, w)
         image_tokens = feats.flatten(2).transpose(1, 2)
         image_pe = sine_position_2d(height, width, dim, image.device)
         prompts = self.prompt_proj(task_embeds).unflatten(-1, (self.num_prompt_tokens, dim))
-        tokens = torch.cat((self.output_tokens.weight.expand(batch, -1, -1), prompts), dim=1)
+        output_tokens = torch.cat(
+            (self.object_score_token.weight, self.iou_token.weight, self.mask_tokens.weight)
+        )
+        tokens = torch.cat((output_tokens.expand(batch, -1, -1), prompts), dim=1)
         tokens = tokens.repeat_interleave(length, dim=0)
         tokens, image_tokens = self.transformer(tokens, image_tokens, image_pe)
-        object_token, iou_token, mask_token = tokens[:, 0], tokens[:, 1], tokens[:, 2]
+        object_token, iou_token, mask_token = tokens[:, : len(output_tokens)].unbind(1)
         if self.temporal_attention and length > 1:
             seq = mask_token.unflatten(0, (batch, length))
             pos = seq + sine_position_1d(length, dim, image.device)
             seq = self.temporal_norm(seq + self.temporal_attn(pos, pos, seq, need_weights=False)[0])
             mask_token = seq.flatten(0, 1)
-        upscaled = self._upscale(
-            image_tokens.transpose(1, 2).reshape(-1, dim, height, width),
-            self._check_high_res(high_res, batch, length, height, width),
-        )
+        upscaled = self._upscale(image_tokens.transpose(1, 2).reshape(-1, dim, height, width), skips)
         masks = torch.einsum("nc,nchw->nhw", self.hypernet(mask_token), upscaled)
         iou = self.iou_head(iou_token)[:, 0].sigmoid()
         object_logits = self.object_score_head(object_token)[:, 0]
@@ -277,17 +331,18 @@ class MaskHead(CountedLoss, nn.Module):
             if high_res is not None:
                 raise ValueError("high_res: given, but the head was built without high_res_dims")
             return None
-        if high_res is None or len(high_res) != 2:
+        if high_res is None or len(high_res) != len(self.high_res_scales):
             raise ValueError("high_res: expected two tensors, (B, T, C_4x, 4h, 4w) and 2x")
         flat = []
-        for i, (features, scale) in enumerate(zip(high_res, (4, 2), strict=True)):
+        for i, (features, scale) in enumerate(zip(high_res, self.high_res_scales, strict=True)):
             expected = (batch, length, self.high_res_dims[i], scale * height, scale * width)
             check_shape(features, f"high_res[{i}]", expected)
             flat.append(features.flatten(0, 1))
         return flat
 
     def _upscale(self, x: Tensor, high_res: list[Tensor] | None) -> Tensor:
-        """``(N, d, h, w)`` -> ``(N, d / 8, 4 h, 4 w)``, SAM2's upscaling with optional skips."""
+        """``(N, d, h, w)`` -> ``(N, d / 8, 4 h, 4 w)``, SAM2's upscaling with optional skips
+        ``high_res`` (``(N, C_4x, 4h, 4w)``, ``(N, C_2x, 2h, 2w)``)."""
         x = self.upscale_1(x)
         if high_res is not None:
             x = x + self.high_res_proj[1](high_res[1])
@@ -308,8 +363,9 @@ class MaskHead(CountedLoss, nn.Module):
         *,
         normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """``loss_mask``, ``loss_dice``, ``loss_iou`` (frames where the target is non-empty) and
-        ``loss_class`` (object score) against ``targets["masks"]``.
+        """Unweighted ``loss_mask``, ``loss_dice``, ``loss_iou`` (frames where the target is
+        non-empty) and ``loss_class`` (object score) against ``targets["masks"]``; weights in
+        :attr:`weight_dict`.
 
         Args:
             output: this head's forward output.
@@ -329,7 +385,8 @@ class MaskHead(CountedLoss, nn.Module):
     @torch.no_grad()
     def postprocess(self, output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> list[MaskPrediction]:
         """Bool masks at ``meta[b]["image_size"]`` ``(height, width)`` pixels (bilinear resize
-        of the logits, threshold 0); scores are the predicted IoUs."""
+        of the logits, thresholded at :data:`~tpo.ops.masks.MASK_THRESHOLD`); scores are the
+        predicted IoUs."""
         return postprocess_masks(output, meta)
 
 
@@ -368,13 +425,14 @@ def mask_losses(
 @torch.no_grad()
 def postprocess_masks(output: MaskOutput, meta: Sequence[Mapping[str, Any]]) -> list[MaskPrediction]:
     """Per sample, bool masks ``(T, H, W)`` at ``meta[b]["image_size"]`` and IoU scores; frames
-    whose object score (when the output has one) is below 0 are empty."""
+    whose object score (when the output has one) is below
+    :data:`~tpo.ops.masks.OBJECT_SCORE_THRESHOLD` are empty."""
     predictions = []
     for b in range(output.masks.shape[0]):
         size = meta_size(meta, b, "image_size")
-        masks = resize_mask_logits(output.masks[b].detach().float(), size) > 0
+        masks = resize_mask_logits(output.masks[b].detach().float(), size) > MASK_THRESHOLD
         if output.object_logits is not None:
-            masks &= (output.object_logits[b].detach() >= 0)[:, None, None]
+            masks &= (output.object_logits[b].detach() >= OBJECT_SCORE_THRESHOLD)[:, None, None]
         predictions.append(
             MaskPrediction(masks=masks.cpu(), scores=output.iou[b].detach().float().cpu())
         )

@@ -59,7 +59,7 @@ class SAM2MaskHead(nn.Module):
         image_size: ``S``, SAM2 input size in pixels (1024 for the released weights; any
             multiple of 32, e.g. 128 for tests).
         hidden_dim: width of the adapter MLP.
-        weight_prompt: weight of ``loss_prompt``.
+        weight_prompt: weight of ``loss_prompt`` in :attr:`weight_dict`.
         criterion: mask loss; default :class:`MaskCriterion` (focal 20, dice 1, IoU-MSE 1).
     """
 
@@ -165,6 +165,11 @@ class SAM2MaskHead(nn.Module):
         return sparse
 
     @property
+    def weight_dict(self) -> dict[str, float]:
+        """``{term: weight}``: the mask criterion's and ``loss_prompt``'s (``weight_prompt``)."""
+        return {**self.criterion.weight_dict, "loss_prompt": self.weight_prompt}
+
+    @property
     def loss_count_keys(self) -> tuple[str, ...]:
         """The items the terms average over: the ``"prompts"`` and the mask criterion's."""
         return ("prompts", *self.criterion.count_keys)
@@ -184,7 +189,8 @@ class SAM2MaskHead(nn.Module):
         *,
         normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """``loss_prompt`` (when ``"boxes"`` given) and the mask terms (when ``"masks"`` given).
+        """Unweighted ``loss_prompt`` (when ``"boxes"`` given) and mask terms (when ``"masks"``
+        given); weights in :attr:`weight_dict`.
 
         Args:
             output: this head's forward output.
@@ -204,7 +210,7 @@ class SAM2MaskHead(nn.Module):
             target = self.box_prompt(boxes.float().to(output.prompts.device))
             error = (output.prompts.float() - target).abs().sum()
             num = normalizer(normalizers, "prompts", torch.tensor(float(len(boxes)), device=error.device))
-            losses["loss_prompt"] = self.weight_prompt * error / (num * output.prompts[0].numel())
+            losses["loss_prompt"] = error / (num * output.prompts[0].numel())
         if "masks" in targets:
             losses.update(mask_losses(self.criterion, output, targets["masks"], normalizers))
         return losses

@@ -10,8 +10,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, CountedLoss, check_shape, meta_value, sine_position_1d, sine_position_2d
-from tpo.heads.box import grid_of
+from tpo.heads.base import (
+    DETR_MLP_LAYERS,
+    MLP,
+    CountedLoss,
+    check_shape,
+    grid_of,
+    meta_value,
+    sine_position_1d,
+    sine_position_2d,
+)
 from tpo.losses.temporal import TemporalGroundingCriterion
 from tpo.ops.spans import span_cxw_to_se, temporal_nms
 
@@ -79,7 +87,8 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         nms_threshold: temporal IoU above which ``postprocess`` suppresses lower-scoring
             windows; ``None`` keeps all ``Q`` windows.
         frame_pooling: how per-frame tokens become clip features, ``"attention"`` or ``"mean"``.
-        criterion: the loss; default :class:`TemporalGroundingCriterion` with paper weights.
+        criterion: the loss; default :class:`TemporalGroundingCriterion` with paper weights and
+            ``num_aux_layers = num_decoder_layers - 1``, which a given criterion must have too.
     """
 
     def __init__(
@@ -101,6 +110,14 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         super().__init__()
         if frame_pooling not in ("attention", "mean"):
             raise ValueError(f"frame_pooling: expected 'attention' or 'mean', got {frame_pooling!r}")
+        num_aux = num_decoder_layers - 1
+        if criterion is None:
+            criterion = TemporalGroundingCriterion(num_aux_layers=num_aux)
+        if criterion.num_aux_layers != num_aux:
+            raise ValueError(
+                f"criterion: weighs {criterion.num_aux_layers} auxiliary decoder layers (num_aux_layers), "
+                f"the head has {num_aux} (num_decoder_layers - 1)"
+            )
         self.embed_dim = embed_dim
         self.video_dim = video_dim
         self.hidden_dim = hidden_dim
@@ -129,10 +146,10 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_head = nn.Linear(hidden_dim, 1)
-        self.span_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=2, num_layers=3)
+        self.span_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=2, num_layers=DETR_MLP_LAYERS)
         self.saliency_clip = nn.Linear(hidden_dim, hidden_dim)
         self.saliency_task = nn.Linear(hidden_dim, hidden_dim)
-        self.criterion = criterion if criterion is not None else TemporalGroundingCriterion()
+        self.criterion = criterion
 
     def forward(
         self,
@@ -222,7 +239,8 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         *,
         normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """Named, weighted loss terms; see :class:`TemporalGroundingCriterion`.
+        """Named, unweighted loss terms (weights in :attr:`weight_dict`, auxiliary layers'
+        included); see :class:`TemporalGroundingCriterion`.
 
         Args:
             output: this head's forward output.

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tpo.heads.base import MLP, CountedLoss, check_shape, meta_size, sine_position_1d, sine_position_2d
-from tpo.heads.box import grid_of
-from tpo.heads.localizer import PatchLocalizer
+from tpo.heads.base import MLP, CountedLoss, check_shape, grid_of, meta_size, sine_position_1d
+from tpo.heads.grounding import GroundingDecoder, box_targets
 from tpo.losses.boxes import TrackingCriterion
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes, patch_centers
 
@@ -43,7 +42,7 @@ class TrackingPrediction:
 
     Attributes:
         boxes_xywh: ``(T, 4)`` (x, y, w, h) pixels per frame.
-        visible: ``(T,)`` bool, visibility probability > 0.5.
+        visible: ``(T,)`` bool, visibility probability above the head's ``visible_threshold``.
         scores: ``(T,)`` visibility probability.
     """
 
@@ -74,10 +73,11 @@ class TrackingHead(CountedLoss, nn.Module):
     """Per-frame queries from the task embedding, alternating spatial and temporal attention.
 
     Each frame gets one query: the projected task embedding (which carries the initial box
-    given to the LLM) plus a sine encoding of the frame's time. Each of ``num_layers`` blocks
-    lets every query cross-attend to its own frame's tokens (2-D sine positions on the patch
-    grid), then self-attend across the ``T`` queries of the clip. Heads: a box MLP with a
-    sigmoid and a visibility logit.
+    given to the LLM) plus a sine encoding of the frame's time. The
+    :class:`~tpo.heads.grounding.GroundingDecoder` runs ``num_layers`` blocks in which every
+    query cross-attends to its own frame's tokens (2-D sine positions on the patch grid), then
+    self-attends across the ``T`` queries of the clip, and localises each frame's box. A linear
+    layer on the decoded query gives the visibility logit.
 
     Given ``prompt_boxes`` (the first-frame box of the question, as a tracker is given it), every
     query also gets the target's *template*, the first frame's tokens pooled with a Gaussian
@@ -94,7 +94,10 @@ class TrackingHead(CountedLoss, nn.Module):
         num_layers: spatial + temporal blocks.
         dim_feedforward: feed-forward width.
         dropout: dropout in the transformer layers.
-        criterion: the loss; default :class:`TrackingCriterion` (L1 5, GIoU 2, visibility 1).
+        visible_threshold: visibility probability above which ``postprocess`` calls a frame
+            visible.
+        criterion: the loss; default :class:`TrackingCriterion` (L1 5, GIoU 2, patch KL 1,
+            visibility 1).
     """
 
     def __init__(
@@ -107,32 +110,24 @@ class TrackingHead(CountedLoss, nn.Module):
         num_layers: int = 2,
         dim_feedforward: int = 1024,
         dropout: float = 0.0,
+        visible_threshold: float = 0.5,
         criterion: TrackingCriterion | None = None,
     ):
         super().__init__()
         self.embed_dim, self.visual_dim, self.hidden_dim = embed_dim, visual_dim, hidden_dim
-        self.task_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden_dim))
-        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, hidden_dim))
-
-        def block(cls: type[nn.Module]) -> nn.ModuleList:
-            return nn.ModuleList(
-                cls(
-                    hidden_dim,
-                    num_heads,
-                    dim_feedforward,
-                    dropout,
-                    batch_first=True,
-                    norm_first=True,
-                )
-                for _ in range(num_layers)
-            )
-
-        self.spatial = block(nn.TransformerDecoderLayer)
-        self.temporal = block(nn.TransformerEncoderLayer)
-        self.norm = nn.LayerNorm(hidden_dim)
+        self.visible_threshold = visible_threshold
+        self.decoder = GroundingDecoder(
+            embed_dim=embed_dim,
+            visual_dim=visual_dim,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            temporal=True,
+        )
         self.template_proj = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, hidden_dim))
         self.prompt_box_embed = MLP(in_dim=4, hidden_dim=hidden_dim, out_dim=hidden_dim, num_layers=2)
-        self.localizer = PatchLocalizer(hidden_dim=hidden_dim)
         self.visible_head = nn.Linear(hidden_dim, 1)
         self.criterion = criterion if criterion is not None else TrackingCriterion()
 
@@ -160,38 +155,27 @@ class TrackingHead(CountedLoss, nn.Module):
                 frames, "frames", (sizes["B"], "T", "N", "D_v"), {"D_v": (self.visual_dim, "visual_dim")}
             )
         )
-        batch, length, num_tokens = sizes["B"], sizes["T"], sizes["N"]
-        height, width = grid_of(num_tokens, grid_size, "frames")
-        device = frames.device
-        memory = self.visual_proj(frames.flatten(0, 1))
-        memory = memory + sine_position_2d(height, width, self.hidden_dim, device)
-        time = sine_position_1d(length, self.hidden_dim, device)
-        query = self.task_proj(task_embeds)[:, None] + time  # (B, T, hidden)
-        first_frame = (torch.arange(length, device=device) == 0)[None, :, None]  # (1, T, 1)
+        batch, length = sizes["B"], sizes["T"]
+        grid = grid_of(sizes["N"], grid_size, "frames")
         if prompt_boxes is None:
             prompt_boxes = frames.new_full((batch, 4), float("nan"))
         check_shape(prompt_boxes, "prompt_boxes", (batch, 4))
         given = ~prompt_boxes.isnan().all(-1)  # (B,)
         check_normalized_boxes(prompt_boxes, "prompt_boxes", valid=given)
+        memory = self.decoder.embed_frames(frames, grid)  # (B, T, N, hidden)
+        time = sine_position_1d(length, self.hidden_dim, frames.device)
+        query = self.decoder.embed_task(task_embeds)[:, None] + time  # (B, T, hidden)
+        first_frame = (torch.arange(length, device=frames.device) == 0)[None, :, None]  # (1, T, 1)
         window_boxes = torch.where(given[:, None], prompt_boxes, prompt_boxes.new_tensor(_WHOLE_FRAME))
-        first = memory.unflatten(0, (batch, length))[:, 0]  # (B, N, hidden)
-        template = (box_window(window_boxes, height, width)[..., None] * first).sum(1)
+        template = (box_window(window_boxes, *grid)[..., None] * memory[:, 0]).sum(1)
         query = query + self.template_proj(template)[:, None]
         box_embed = self.prompt_box_embed(window_boxes.to(query.dtype)) * given[:, None]
         query = query + first_frame * box_embed[:, None]
-        for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
-            query = spatial(query.reshape(batch * length, 1, -1), memory)
-            query = temporal(query.reshape(batch, length, -1))
-        query = self.norm(query)
-        boxes, logits = self.localizer(query.flatten(0, 1), memory, (height, width))
-        boxes = boxes.unflatten(0, (batch, length))
+        hidden, boxes, logits = self.decoder(query, memory, grid)
         keep_given = first_frame & given[:, None, None]
         boxes = torch.where(keep_given, prompt_boxes[:, None].to(boxes.dtype), boxes)
         return TrackingOutput(
-            boxes=boxes,
-            visible=self.visible_head(query)[..., 0],
-            patch_logits=logits.unflatten(0, (batch, length)),
-            grid_size=(height, width),
+            boxes=boxes, visible=self.visible_head(hidden)[..., 0], patch_logits=logits, grid_size=grid
         )
 
     def loss_counts(self, output: TrackingOutput, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -205,7 +189,8 @@ class TrackingHead(CountedLoss, nn.Module):
         *,
         normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """``loss_bbox``, ``loss_giou`` (visible frames) and ``loss_visible``.
+        """Unweighted ``loss_bbox``, ``loss_giou``, ``loss_patch`` (visible frames) and
+        ``loss_visible``; weights in :attr:`weight_dict`.
 
         Args:
             output: this head's forward output.
@@ -214,22 +199,11 @@ class TrackingHead(CountedLoss, nn.Module):
             normalizers: the denominators of the terms' means over all processes
                 (:mod:`tpo.losses.normalizers`); default this batch's :meth:`loss_counts`.
         """
-        if not isinstance(targets, Mapping):
-            raise ValueError(
-                "targets: expected a dict with 'boxes' ((B, T, 4) normalised cxcywh) and 'visible' "
-                f"((B, T) bool), got {type(targets).__name__}"
-            )
-        for key in ("boxes", "visible"):
-            if key not in targets:
-                raise ValueError(f"targets: missing key {key!r}")
-        check_shape(targets["boxes"], "targets['boxes']", tuple(output.boxes.shape))
-        check_shape(targets["visible"], "targets['visible']", tuple(output.visible.shape))
-        visible = targets["visible"].bool()
-        check_normalized_boxes(targets["boxes"], "targets['boxes']", valid=visible)
+        boxes, visible = box_targets(targets, output.boxes, output.visible)
         return self.criterion(
             output.boxes,
             output.visible,
-            targets["boxes"],
+            boxes,
             visible,
             patch_logits=output.patch_logits,
             grid_size=output.grid_size,
@@ -253,7 +227,7 @@ class TrackingHead(CountedLoss, nn.Module):
             predictions.append(
                 TrackingPrediction(
                     boxes_xywh=boxes_to_pixels(output.boxes[b].detach(), image_size, fmt="xywh").cpu(),
-                    visible=scores > 0.5,
+                    visible=scores > self.visible_threshold,
                     scores=scores,
                 )
             )

@@ -1,8 +1,13 @@
-"""Training criteria of the task heads, kept apart from the modules (DETR / SAM2 style)."""
+"""Training criteria of the task heads, kept apart from the modules (DETR / SAM2 style).
+
+Every criterion returns its named terms unweighted and carries ``weight_dict`` (``{term:
+weight}``, auxiliary decoder-layer terms included); :func:`weighted` applies it.
+"""
 
 from tpo.losses.boxes import BoxCriterion, TrackingCriterion
 from tpo.losses.masks import MaskCriterion
 from tpo.losses.temporal import TemporalGroundingCriterion, saliency_from_spans
+from tpo.losses.weights import weighted
 
 __all__ = [
     "BoxCriterion",
@@ -10,4 +15,5 @@ __all__ = [
     "TemporalGroundingCriterion",
     "TrackingCriterion",
     "saliency_from_spans",
+    "weighted",
 ]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tpo.losses.normalizers import Normalizers, normalizer
-from tpo.ops.masks import bce_loss, dice_loss, focal_loss, mask_iou
+from tpo.ops.masks import MASK_THRESHOLD, bce_loss, dice_loss, focal_loss, mask_iou
 
 __all__ = ["MaskCriterion"]
 
@@ -19,13 +19,14 @@ _DEFAULT_WEIGHTS = {"focal": (20.0, 1.0), "bce": (2.0, 0.5)}
 class MaskCriterion(nn.Module):
     """Loss of mask logits against bool masks, one value per mask averaged over masks.
 
-    Terms (already weighted):
+    Terms (unweighted; ``weight_dict`` holds the weights):
 
     - ``loss_mask``: focal (``mask_loss="focal"``, weight 20, SAM2) or BCE
       (``mask_loss="bce"``, weight 2.0, LISA), pixel mean per mask.
     - ``loss_dice``: soft dice (weight 1 for focal, 0.5 for BCE).
-    - ``loss_iou``: MSE between the predicted IoU and the actual IoU of the thresholded mask
-      (weight 1); only when predicted IoUs are given.
+    - ``loss_iou``: MSE between the predicted IoU and the actual IoU of the mask thresholded at
+      :data:`~tpo.ops.masks.MASK_THRESHOLD` (weight 1); only when predicted IoUs are given and
+      its weight is not 0.
     - ``loss_class``: when object-score logits are given (SAM2's ``pred_obj_scores``), BCE of
       "the object is in this frame" (weight 1). As in SAM2's training loss, the mask, dice and
       IoU terms then count only the frames where the target is non-empty; an absent object is
@@ -54,10 +55,12 @@ class MaskCriterion(nn.Module):
             raise ValueError(f"mask_loss: expected 'focal' or 'bce', got {mask_loss!r}")
         default_mask, default_dice = _DEFAULT_WEIGHTS[mask_loss]
         self.mask_loss = mask_loss
-        self.weight_mask = default_mask if weight_mask is None else weight_mask
-        self.weight_dice = default_dice if weight_dice is None else weight_dice
-        self.weight_iou = weight_iou
-        self.weight_class = weight_class
+        self.weight_dict = {
+            "loss_mask": default_mask if weight_mask is None else weight_mask,
+            "loss_dice": default_dice if weight_dice is None else weight_dice,
+            "loss_iou": weight_iou,
+            "loss_class": weight_class,
+        }
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
@@ -78,9 +81,15 @@ class MaskCriterion(nn.Module):
         *,
         normalizers: Normalizers | None = None,
     ) -> dict[str, Tensor]:
-        """Args: ``logits (..., H, W)``, ``target (..., H, W)`` bool, ``iou_pred (...)``,
-        ``object_logits (...)``, ``normalizers`` ``{"masks", "frames"}`` over all processes
-        (default this batch's counts)."""
+        """Unweighted terms.
+
+        Args:
+            logits: ``(..., H, W)`` mask logits.
+            target: ``(..., H, W)`` bool masks.
+            iou_pred: optional ``(...)`` predicted IoU of each thresholded mask.
+            object_logits: optional ``(...)`` object-score logits.
+            normalizers: ``{"masks", "frames"}`` over all processes (default this batch's counts).
+        """
         if self.mask_loss == "focal":
             per_mask = focal_loss(logits, target, alpha=self.focal_alpha, gamma=self.focal_gamma)
         else:
@@ -91,15 +100,15 @@ class MaskCriterion(nn.Module):
         local = self.counts(target, object_scores=object_logits is not None)
         count = normalizer(normalizers, "masks", local["masks"])
         losses = {
-            "loss_mask": self.weight_mask * (per_mask * weight).sum() / count,
-            "loss_dice": self.weight_dice * (per_dice * weight).sum() / count,
+            "loss_mask": (per_mask * weight).sum() / count,
+            "loss_dice": (per_dice * weight).sum() / count,
         }
-        if iou_pred is not None and self.weight_iou:
-            actual = mask_iou(logits.detach() > 0, target)
+        if iou_pred is not None and self.weight_dict["loss_iou"]:
+            actual = mask_iou(logits.detach() > MASK_THRESHOLD, target)
             per_iou = F.mse_loss(iou_pred.float(), actual, reduction="none")
-            losses["loss_iou"] = self.weight_iou * (per_iou * weight).sum() / count
+            losses["loss_iou"] = (per_iou * weight).sum() / count
         if object_logits is not None:
             bce = F.binary_cross_entropy_with_logits(object_logits.float(), present, reduction="sum")
             frames = normalizer(normalizers, "frames", local["frames"])
-            losses["loss_class"] = self.weight_class * bce / frames
+            losses["loss_class"] = bce / frames
         return losses

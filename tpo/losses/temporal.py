@@ -46,8 +46,8 @@ def saliency_from_spans(spans: Tensor, valid: Tensor) -> Tensor:
 class TemporalGroundingCriterion(nn.Module):
     """Moment-DETR's set criterion for spans, logits and per-clip saliency.
 
-    Terms (each already multiplied by its weight, suffix ``_{i}`` for decoder layer ``i`` when
-    auxiliary outputs exist):
+    Terms (unweighted; ``weight_dict`` holds the weights, suffix ``_{i}`` for the auxiliary
+    output of decoder layer ``i``, ``num_aux_layers`` of them):
 
     - ``loss_span``: L1 of matched normalised (center, width), mean over matched coordinates.
     - ``loss_giou``: ``1 - GIoU`` of matched spans, mean over matched spans.
@@ -60,8 +60,13 @@ class TemporalGroundingCriterion(nn.Module):
       samples that have pairs. Targets come from ``"saliency"`` or, when absent, from the
       windows (clips whose center lies in a window are 1, others 0).
 
-    A sample with no windows contributes only to ``loss_label`` (all queries background). The
-    means are over the items of ``count_keys`` (:mod:`tpo.losses.normalizers`).
+    A sample with no windows contributes only to ``loss_label`` (all queries background); with
+    no window in the batch the span terms are 0, still in the graph of the spans. The means are
+    over the items of ``count_keys`` (:mod:`tpo.losses.normalizers`). ``weight_saliency=0``
+    leaves ``loss_saliency`` out.
+
+    ``num_aux_layers``: the decoder layers before the last whose outputs (``output.aux``) are
+    supervised too (DETR's auxiliary losses); their terms take the last layer's weights.
     """
 
     count_keys = ("spans", "queries", "saliency")
@@ -76,15 +81,18 @@ class TemporalGroundingCriterion(nn.Module):
         eos_coef: float = 0.1,
         weight_saliency: float = 1.0,
         saliency_margin: float = 0.2,
+        num_aux_layers: int = 0,
     ):
         super().__init__()
         self.matcher = matcher if matcher is not None else HungarianMatcher()
-        self.weight_span = weight_span
-        self.weight_giou = weight_giou
-        self.weight_label = weight_label
         self.eos_coef = eos_coef
-        self.weight_saliency = weight_saliency
         self.saliency_margin = saliency_margin
+        self.num_aux_layers = num_aux_layers
+        set_weights = {"loss_span": weight_span, "loss_giou": weight_giou, "loss_label": weight_label}
+        self.weight_dict = dict(set_weights)
+        for layer in range(num_aux_layers):
+            self.weight_dict.update({f"{name}_{layer}": w for name, w in set_weights.items()})
+        self.weight_dict["loss_saliency"] = weight_saliency
 
     @staticmethod
     def check_targets(targets: list[dict[str, Tensor]], video_mask: Tensor) -> None:
@@ -144,23 +152,17 @@ class TemporalGroundingCriterion(nn.Module):
         target_spans = target_spans.to(matched)
 
         num_spans = normalizer(normalizers, "spans", matched.new_tensor(float(len(query_idx))))
-        if len(query_idx) > 0:
-            loss_span = (matched - target_spans).abs().sum() / (num_spans * matched.shape[-1])
-            giou = generalized_temporal_iou(span_cxw_to_se(matched), span_cxw_to_se(target_spans))
-            loss_giou = (1 - giou.diagonal()).sum() / num_spans
-        else:
-            loss_span = loss_giou = spans.float().sum() * 0
+        loss_span = (matched - target_spans).abs().sum() / (num_spans * matched.shape[-1])
+        giou = generalized_temporal_iou(span_cxw_to_se(matched), span_cxw_to_se(target_spans))
+        loss_giou = (1 - giou.diagonal()).sum() / num_spans
 
         labels = torch.zeros_like(logits, dtype=torch.float32)
         labels[batch_idx, query_idx] = 1.0
         weights = torch.where(labels > 0, 1.0, self.eos_coef)
         per_query = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
         loss_label = (per_query * weights).sum() / normalizer(normalizers, "queries", weights.sum())
-        return {
-            f"loss_span{suffix}": self.weight_span * loss_span,
-            f"loss_giou{suffix}": self.weight_giou * loss_giou,
-            f"loss_label{suffix}": self.weight_label * loss_label,
-        }
+        terms = {"loss_span": loss_span, "loss_giou": loss_giou, "loss_label": loss_label}
+        return {f"{name}{suffix}": value for name, value in terms.items()}
 
     @staticmethod
     def _saliency_pairs(video_mask: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
@@ -191,7 +193,7 @@ class TemporalGroundingCriterion(nn.Module):
         has_pairs = num_pairs > 0
         per_sample = (hinge * pairs).sum((1, 2)) / num_pairs.clamp(min=1)
         num = normalizer(normalizers, "saliency", has_pairs.sum().float())
-        return torch.where(has_pairs, per_sample, 0.0).sum() / num + scores.sum() * 0
+        return torch.where(has_pairs, per_sample, 0.0).sum() / num
 
     def counts(self, output: _SpanOutput, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The items the terms average over (:mod:`tpo.losses.normalizers`): matched ``"spans"``
@@ -215,22 +217,28 @@ class TemporalGroundingCriterion(nn.Module):
         *,
         normalizers: Normalizers | None = None,
     ) -> dict[str, Tensor]:
-        """Named, weighted loss terms.
+        """Named, unweighted loss terms.
 
         Args:
             output: a ``TemporalGroundingOutput`` with ``spans (B, Q, 2)``, ``logits (B, Q)``,
-                ``saliency (B, T)``, ``video_mask (B, T)`` and ``aux``.
+                ``saliency (B, T)``, ``video_mask (B, T)`` and ``aux`` (``num_aux_layers``
+                entries).
             targets: ``B`` dicts, ``"spans"`` ``(n_b, 2)`` normalised (center, width),
                 optional ``"saliency"`` ``(T,)``.
             normalizers: ``{"spans", "queries", "saliency"}`` over all processes (default this
                 batch's :meth:`counts`).
         """
         self.check_targets(targets, output.video_mask)
+        if len(output.aux) != self.num_aux_layers:
+            raise ValueError(
+                f"output.aux: {len(output.aux)} auxiliary decoder outputs, the criterion weighs "
+                f"{self.num_aux_layers} (num_aux_layers)"
+            )
         losses = self._set_losses(output.logits, output.spans, targets, "", normalizers)
         for layer, (aux_spans, aux_logits) in enumerate(output.aux):
             losses.update(self._set_losses(aux_logits, aux_spans, targets, f"_{layer}", normalizers))
-        if self.weight_saliency:
-            losses["loss_saliency"] = self.weight_saliency * self.saliency_loss(
+        if self.weight_dict["loss_saliency"]:
+            losses["loss_saliency"] = self.saliency_loss(
                 output.saliency, output.video_mask, targets, normalizers
             )
         return losses

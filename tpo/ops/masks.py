@@ -11,7 +11,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-__all__ = ["dice_loss", "focal_loss", "bce_loss", "mask_iou", "resize_mask_logits"]
+__all__ = [
+    "MASK_THRESHOLD",
+    "OBJECT_SCORE_THRESHOLD",
+    "dice_loss",
+    "focal_loss",
+    "bce_loss",
+    "mask_iou",
+    "resize_mask_logits",
+]
+
+MASK_THRESHOLD = 0.0
+"""Mask logit above which a pixel belongs to the mask (SAM's ``mask_threshold``)."""
+
+OBJECT_SCORE_THRESHOLD = 0.0
+"""Object-score logit at or above which the object counts as present in a frame (probability
+0.5); post-processing empties the frames below it (SAM2's object score)."""
 
 
 def _check_pair(logits: Tensor, targets: Tensor) -> None:

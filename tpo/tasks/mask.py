@@ -19,10 +19,6 @@ from tpo.tasks.registry import TaskSpec, register_task
 
 __all__ = ["MaskTask"]
 
-HIGH_RES_SCALES = (4, 2)
-"""Upsampling of the patch grid for the mask head's two high-resolution feature levels."""
-
-
 class MaskTask(Task):
     """Masks ``(T, H, W)`` bool per sample, scored as J&F."""
 
@@ -52,7 +48,7 @@ class MaskTask(Task):
                 F.interpolate(frames, size=(scale * height, scale * width), mode="bilinear", antialias=True)
                 .unflatten(0, (len(index), -1))
                 .to(out.visual.dtype)
-                for scale in HIGH_RES_SCALES
+                for scale in head.high_res_scales
             ]
         return inputs
 
