@@ -115,7 +115,7 @@ class LossHistory(Callback):
                 self.history.setdefault(key[len("train/") :], []).append((trainer.global_step, float(value)))
 
 
-def _trainer(**kwargs) -> Trainer:
+def _make_trainer(**kwargs) -> Trainer:
     return Trainer(
         accelerator="cpu",
         devices=1,
@@ -247,11 +247,11 @@ def _run_demo_in(
         collator_options={"keep_media": True},
         weights=DEMO_TASK_WEIGHTS,
     )
-    chance = _trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
+    chance = _make_trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
     print(f"[2/5] untrained model evaluated (chance levels); training for {minutes:g} min", flush=True)
 
     history = LossHistory()
-    trainer = _trainer(
+    trainer = _make_trainer(
         max_time={"seconds": int(minutes * 60)},
         callbacks=[history],
         log_every_n_steps=10,
@@ -260,7 +260,7 @@ def _run_demo_in(
     )
     trainer.fit(module, data)
     print(f"[3/5] trained {trainer.global_step} steps; evaluating on the held-out split", flush=True)
-    final = _trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
+    final = _make_trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
 
     metrics: dict[str, dict] = {}
     for task, key, name in HEADLINE_METRICS:
