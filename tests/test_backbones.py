@@ -267,3 +267,36 @@ def test_modality_adaptive_backbone_starts_equal_and_round_trips(kind, tmp_path)
     assert loaded.modality_adaptive is not None
     with torch.no_grad():
         assert torch.equal(loaded(batch).logits, changed.logits)
+
+
+def test_the_registry_picks_the_class_by_model_type_and_names_the_registered_ones(tmp_path):
+    from tpo.backbones import backbone_class, register_backbone, registered_model_types
+    from tpo.backbones.factory import create_backbone
+
+    assert backbone_class("llava_onevision") is LlavaBackbone
+    assert backbone_class("videochat") is VideoChatBackbone
+    assert register_backbone("llava", LlavaBackbone) is LlavaBackbone  # again: a no-op
+    with pytest.raises(ValueError, match="'llava' is already registered to LlavaBackbone"):
+        register_backbone("llava", VideoChatBackbone)
+    with pytest.raises(TypeError, match="Backbone subclass"):
+        register_backbone("not_a_backbone", dict)
+    backbone = tiny_llava("llava_onevision", tasks=["temporal"])
+    backbone.model.save_pretrained(tmp_path / "hf")
+    backbone.processor.save_pretrained(tmp_path / "hf")
+    loaded = create_backbone({"pretrained": str(tmp_path / "hf"), "tasks": ["temporal"]})
+    assert type(loaded) is LlavaBackbone and loaded.task_tokens.task_names == ["temporal"]
+    config = tmp_path / "hf" / "config.json"
+    config.write_text(config.read_text().replace('"llava_onevision"', '"qwen2_vl"'))
+    with pytest.raises(ValueError, match=r"'qwen2_vl' has no registered backbone; registered: \['llava'"):
+        Backbone.from_pretrained(tmp_path / "hf")
+    assert "videochat" in registered_model_types()
+
+
+def test_one_predicate_names_the_peft_parameters():
+    from tpo.backbones.lora import is_lora_parameter
+
+    adapters = ["m.q_proj.lora_A.default.weight", "m.embed.token_adapter.trainable_tokens_delta.default",
+                "m.lm_head.modules_to_save.default.weight", "m.q_proj.lora_magnitude_vector.default.weight"]
+    base = ["m.q_proj.base_layer.weight", "m.embed_tokens.token_adapter.base_layer.weight",
+            "m.lm_head.original_module.weight", "m.flora_proj.weight", "backbone.task_tokens.embeddings.box"]
+    assert all(map(is_lora_parameter, adapters)) and not any(map(is_lora_parameter, base))

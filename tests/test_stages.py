@@ -12,7 +12,7 @@ from tpo.stages import STAGES, get_stage
 
 
 class Wrapper(nn.Module):
-    """The parameter naming of TPOModule: ``backbone.…`` and ``heads.<task>.…``."""
+    """The parameter naming of TaskModel (``TPOModule.model``): ``backbone.…`` and ``heads.<task>.…``."""
 
     def __init__(self, backbone):
         super().__init__()

@@ -1,7 +1,8 @@
 """Training-stage presets (TPO, Tables 17/18): what trains, at which learning rate.
 
 A preset is declarative: named parameter groups, each a list of regular expressions searched in
-the parameter names of the module being trained (``backbone.…``, ``heads.…``), with a learning
+the parameter names of the module being trained (``backbone.…``, ``heads.…`` of a
+:class:`~tpo.model.TaskModel`, or ``model.backbone.…`` of a ``TPOModule``), with a learning
 rate and weight decay. The first group whose pattern matches a parameter takes it; parameters no
 group takes, or that a ``frozen`` pattern matches, do not train.
 
@@ -19,9 +20,12 @@ full      + every LLM weight (no LoRA; small models, the demo)    LLM 2e-5
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from tpo.backbones.lora import is_lora_parameter
 
 __all__ = ["ParamGroupSpec", "StagePreset", "STAGES", "get_stage"]
 
@@ -35,15 +39,24 @@ class ParamGroupSpec:
         patterns: regular expressions; a parameter joins when one matches its name (``re.search``).
         lr: peak learning rate.
         weight_decay: AdamW decoupled weight decay.
+        predicate: a test of the name that also lets a parameter join (the LoRA group uses
+            :func:`~tpo.backbones.lora.is_lora_parameter`).
     """
 
     name: str
     patterns: tuple[str, ...]
     lr: float
     weight_decay: float = 0.0
+    predicate: Callable[[str], bool] | None = None
 
     def matches(self, name: str) -> bool:
+        if self.predicate is not None and self.predicate(name):
+            return True
         return any(re.search(p, name) for p in self.patterns)
+
+    def describe(self) -> list[str]:
+        """The patterns, and the predicate by name, for messages."""
+        return [*self.patterns, *([self.predicate.__name__] if self.predicate is not None else [])]
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class StagePreset:
             if group is not None:
                 taken.setdefault(group.name, []).append(name)
         if not taken:
-            patterns = [p for g in self.groups for p in g.patterns]
+            patterns = [p for g in self.groups for p in g.describe()]
             raise ValueError(
                 f"stage {self.name!r}: no parameter matches {patterns}; for stage1 and "
                 "stage2 apply LoRA to the backbone first (tpo.backbones.lora.apply_lora)"
@@ -96,26 +109,28 @@ class StagePreset:
         ]
 
 
-_LORA = ParamGroupSpec("lora", (r"lora_", r"trainable_tokens_delta"), lr=2e-5)
+_LORA = ParamGroupSpec("lora", (), lr=2e-5, predicate=is_lora_parameter)
 _TEMPORAL_TOKEN = ParamGroupSpec("temporal_token", (r"task_tokens\.embeddings\.temporal$",), lr=2e-4)
 _TASK_EMBEDDINGS = ParamGroupSpec("task_embeddings", (r"task_tokens\.",), lr=1e-4)
 _MODALITY = ParamGroupSpec("modality_branches", (r"\.branches\.\d+\.",), lr=2e-5)
-_HEADS = ParamGroupSpec("heads", (r"^heads\.", r"^query_words\."), lr=1e-4, weight_decay=0.01)
+_HEADS = ParamGroupSpec(
+    "heads", (r"^(model\.)?heads\.", r"^(model\.)?query_words\."), lr=1e-4, weight_decay=0.01
+)
 _VISION = ParamGroupSpec(
     "vision",
     (
         r"\.vision_tower\.",
         r"\.multi_modal_projector\.",
         r"\.vision_resampler\.",
-        r"^backbone\.(vision|vision_norm|qformer|projection)\.",
-        r"^backbone\.(queries|temporal_embed)$",
+        r"^(model\.)?backbone\.(vision|vision_norm|qformer|projection)\.",
+        r"^(model\.)?backbone\.(queries|temporal_embed)$",
     ),
     lr=2e-5,
     weight_decay=0.01,
 )
 _LLM = ParamGroupSpec(
     "llm",
-    (r"\.language_model\.", r"\.lm_head\.", r"^backbone\.llm\."),
+    (r"\.language_model\.", r"\.lm_head\.", r"^(model\.)?backbone\.llm\."),
     lr=2e-5,
     weight_decay=0.01,
 )

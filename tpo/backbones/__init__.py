@@ -1,6 +1,16 @@
-"""Backbones: multimodal LLMs that return hidden states at task tokens and per-frame visual tokens."""
+"""Backbones: multimodal LLMs that return hidden states at task tokens and per-frame visual tokens.
 
-from tpo.backbones.base import Backbone, BackboneOutput
+Importing the package imports the model-family modules, which register their classes with
+:func:`register_backbone`, so :meth:`Backbone.from_pretrained` finds them by ``model_type``.
+"""
+
+from tpo.backbones.base import (
+    Backbone,
+    BackboneOutput,
+    backbone_class,
+    register_backbone,
+    registered_model_types,
+)
 from tpo.backbones.llava import LlavaBackbone, LlavaFamilyProcessor
 from tpo.backbones.videochat import VideoChatBackbone, VideoChatProcessor, VisionTower
 
@@ -12,4 +22,7 @@ __all__ = [
     "VideoChatBackbone",
     "VideoChatProcessor",
     "VisionTower",
+    "backbone_class",
+    "register_backbone",
+    "registered_model_types",
 ]

@@ -1,26 +1,43 @@
-"""The backbone protocol: an MLLM that reads a batch and returns hidden states and visual tokens.
+"""The backbone protocol and the backbone registry.
 
-Every backbone injects the task embeddings of its :class:`~tpo.tokens.TaskTokens` through a
-forward hook on the LLM's input-embedding module (no part of transformers is patched), so the
-same injection happens in training forwards and in ``generate``.
+A backbone is an MLLM that reads a collated batch and returns hidden states and per-frame visual
+tokens (:class:`BackboneOutput`). Every backbone injects the task embeddings of its
+:class:`~tpo.tokens.TaskTokens` through a forward hook on the LLM's input-embedding module (no
+part of transformers is patched), so the same injection happens in training forwards and in
+``generate``.
+
+Each model family registers its class for the ``model_type`` values it serves
+(:func:`register_backbone`); :meth:`Backbone.from_pretrained` asks the registry
+(:func:`backbone_class`) with the ``model_type`` of the folder's ``tpo_backbone.json`` or, for a
+plain Hugging Face folder, of its ``config.json``. ``import tpo.backbones`` registers the
+built-in families (LLaVA, VideoChat).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from tpo.backbones.lora import is_lora_parameter
 from tpo.tokens import TaskGather, TaskTokens
 
-__all__ = ["Backbone", "BackboneOutput", "group_frames"]
+__all__ = [
+    "Backbone",
+    "BackboneOutput",
+    "backbone_class",
+    "group_frames",
+    "register_backbone",
+    "registered_model_types",
+]
 
 CONFIG_NAME = "tpo_backbone.json"
 MODALITY_WEIGHTS = "modality_branches.safetensors"
@@ -83,14 +100,16 @@ def group_frames(features: Tensor, counts: list[int], *, name: str) -> tuple[Ten
 class Backbone(nn.Module):
     """Base class of the backbones.
 
-    Subclasses set :attr:`llm` (a Hugging Face model whose ``get_input_embeddings`` is the
-    module to hook), :attr:`processor`, :attr:`tokenizer`, :attr:`visual_dim` and implement
-    :meth:`forward`, :meth:`_save_model` and :meth:`_load`.
+    Subclasses set :attr:`model_type` (a key they are registered under), :attr:`processor`,
+    :attr:`visual_dim`, :attr:`language_model` (the module whose ``get_input_embeddings`` is
+    hooked) and implement :meth:`forward`, :meth:`_save_model`, :meth:`_load` and, to read plain
+    Hugging Face folders, :meth:`_load_hf`.
     """
 
     task_tokens: TaskTokens | None
     processor: Any
     visual_dim: int
+    model_type: str
 
     def __init__(self) -> None:
         super().__init__()
@@ -182,14 +201,23 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------------ batches
     @staticmethod
-    def _require(batch: Mapping[str, Any], key: str) -> Tensor:
+    def require(batch: Mapping[str, Any], key: str) -> Tensor:
+        """``batch[key]``, or a ``ValueError`` naming the missing key and the batch's keys."""
         if key not in batch or batch[key] is None:
             raise ValueError(f"batch: missing {key!r}; got keys {sorted(batch)}")
         return batch[key]
 
-    def _lm_forward(self, batch: Mapping[str, Any], **model_kwargs) -> Any:
-        """Run the wrapped model with the batch's text fields, boxes and ``model_kwargs``."""
-        input_ids = self._require(batch, "input_ids")
+    def lm_forward(self, batch: Mapping[str, Any], **model_kwargs) -> Any:
+        """Run the wrapped Hugging Face model (``self.model``) on the batch's ``input_ids (B, L)``,
+        ``attention_mask (B, L)`` and ``labels (B, L)``, with ``track_boxes (K, 4)`` injected at
+        the input-box tokens and ``model_kwargs`` passed on (``mm_encoder_outputs``,
+        ``position_ids``, ``use_cache``...).
+
+        Returns:
+            the model's output (``logits (B, L, V)``, ``hidden_states`` of every layer, ``loss``,
+            ``cache`` when ``use_cache``).
+        """
+        input_ids = self.require(batch, "input_ids")
         with self.input_boxes(batch.get("track_boxes")):
             return self.model(
                 input_ids=input_ids,
@@ -200,10 +228,17 @@ class Backbone(nn.Module):
                 **model_kwargs,
             )
 
+    def grid_size(self, num_tokens: int) -> tuple[int, int]:
+        """``(h, w)`` of the patch grid behind ``num_tokens = h * w`` visual tokens per frame (the
+        ``N`` of ``visual (B, T, N, D_v)``): square when ``N`` is a square, else one row ``(1, N)``."""
+        side = math.isqrt(num_tokens)
+        return (side, side) if side * side == num_tokens else (1, num_tokens)
+
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the model, processor, task tokens and a ``tpo_backbone.json`` to ``directory``."""
-        adapted = [n for n, _ in self.named_parameters() if "lora_" in n or "token_adapter" in n]
+        """Write the model, processor, task tokens and a ``tpo_backbone.json`` (class name and
+        ``model_type``, the registry key :meth:`from_pretrained` loads it by) to ``directory``."""
+        adapted = [n for n, _ in self.named_parameters() if is_lora_parameter(n)]
         if adapted:
             raise ValueError(
                 f"save_pretrained: the backbone carries LoRA adapters ({adapted[0]}, ...); "
@@ -211,7 +246,7 @@ class Backbone(nn.Module):
             )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"class": type(self).__name__, **self._save_model(directory)}
+        config = {"class": type(self).__name__, "model_type": self.model_type, **self._save_model(directory)}
         if self.modality_adaptive is not None:
             branches = {k: v.contiguous() for k, v in self.state_dict().items() if ".branches." in k}
             save_file(branches, str(directory / MODALITY_WEIGHTS))
@@ -222,17 +257,35 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> Backbone:
-        """Load a backbone written by :meth:`save_pretrained` from a local folder."""
+        """Load a backbone from a local folder: one written by :meth:`save_pretrained`, or a plain
+        Hugging Face model folder (``config.json`` + weights + processor files) of a registered
+        ``model_type``. The registry picks the class; called on a subclass, the folder must hold
+        that class (or one derived from it). ``kwargs`` go to the model's ``from_pretrained``.
+
+        Raises:
+            FileNotFoundError: the folder has neither ``tpo_backbone.json`` nor ``config.json``.
+            ValueError: its ``model_type`` is not registered (the registered ones are named), or
+                it holds another class than ``cls``.
+        """
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{config_path}: no {CONFIG_NAME}; expected a folder written by Backbone.save_pretrained"
-            )
+            hf_config = directory / "config.json"
+            if not hf_config.is_file():
+                raise FileNotFoundError(
+                    f"{config_path}: no {CONFIG_NAME} (nor a Hugging Face config.json); expected a folder "
+                    "written by Backbone.save_pretrained or a Hugging Face model folder"
+                )
+            target = cls._registered(json.loads(hf_config.read_text()).get("model_type"), hf_config)
+            return (cls if issubclass(cls, target) else target)._load_hf(directory, **kwargs)
         config = json.loads(config_path.read_text())
-        if config["class"] != cls.__name__ and cls is not Backbone:
-            raise ValueError(f"{config_path}: holds a {config['class']}, not a {cls.__name__}")
-        target = cls if cls is not Backbone else _backbone_class(config["class"])
+        if cls is not Backbone and config.get("class") == cls.__name__:
+            target = cls
+        elif "model_type" in config:
+            target = cls._registered(config["model_type"], config_path)
+        else:  # folders written before the registry name only the class
+            target = _class_named(config.get("class"), config_path)
+            cls._check_holds(target, config_path)
         backbone = target._load(directory, config, **kwargs)
         if "modality_adaptive" in config:
             backbone.enable_modality_adaptive(**config["modality_adaptive"])
@@ -251,6 +304,21 @@ class Backbone(nn.Module):
             backbone.install_injection_hook()
         return backbone
 
+    @classmethod
+    def _registered(cls, model_type: str | None, source: Path) -> type[Backbone]:
+        """The registered class of ``model_type`` (named in ``source``), checked against ``cls``."""
+        try:
+            target = backbone_class(model_type)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        cls._check_holds(target, source)
+        return target
+
+    @classmethod
+    def _check_holds(cls, target: type[Backbone], source: Path) -> None:
+        if cls is not Backbone and not issubclass(target, cls):
+            raise ValueError(f"{source}: holds a {target.__name__}, not a {cls.__name__}")
+
     def _save_model(self, directory: Path) -> dict:
         raise NotImplementedError
 
@@ -258,12 +326,62 @@ class Backbone(nn.Module):
     def _load(cls, directory: Path, config: dict, **kwargs) -> Backbone:
         raise NotImplementedError
 
+    @classmethod
+    def _load_hf(cls, directory: Path, **kwargs) -> Backbone:
+        raise ValueError(
+            f"{directory}: {cls.__name__} does not read plain Hugging Face folders; expected a folder "
+            "written by Backbone.save_pretrained"
+        )
 
-def _backbone_class(name: str) -> type[Backbone]:
-    from tpo.backbones.llava import LlavaBackbone
-    from tpo.backbones.videochat import VideoChatBackbone
 
-    classes = {c.__name__: c for c in (LlavaBackbone, VideoChatBackbone)}
+# ---------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[Backbone]] = {}
+B = TypeVar("B", bound=type[Backbone])
+
+
+def register_backbone(model_types: str | Sequence[str], cls: B | None = None) -> B | Callable[[B], B]:
+    """Make :meth:`Backbone.from_pretrained` load folders of ``model_types`` (the ``model_type``
+    of a ``tpo_backbone.json`` or of a Hugging Face ``config.json``) with ``cls``.
+
+    Use it as a call, ``register_backbone(["qwen2_vl"], QwenBackbone)``, or as a class decorator,
+    ``@register_backbone("qwen2_vl")``. Registering a class again under its own types is a no-op.
+
+    Raises:
+        TypeError: ``cls`` is not a :class:`Backbone` subclass.
+        ValueError: a model type is already registered to another class.
+    """
+    types = (model_types,) if isinstance(model_types, str) else tuple(model_types)
+
+    def add(target: B) -> B:
+        if not (isinstance(target, type) and issubclass(target, Backbone)):
+            raise TypeError(f"register_backbone: expected a Backbone subclass, got {target!r}")
+        taken = {t: _REGISTRY[t] for t in types if _REGISTRY.get(t, target) is not target}
+        if taken:
+            t, other = next(iter(taken.items()))
+            raise ValueError(f"register_backbone: model_type {t!r} is already registered to {other.__name__}")
+        _REGISTRY.update(dict.fromkeys(types, target))
+        return target
+
+    return add if cls is None else add(cls)
+
+
+def backbone_class(model_type: str | None) -> type[Backbone]:
+    """The class registered for ``model_type``; a ``ValueError`` lists the registered ones."""
+    if model_type not in _REGISTRY:
+        raise ValueError(
+            f"model_type {model_type!r} has no registered backbone; registered: "
+            f"{registered_model_types()} (add one with tpo.backbones.register_backbone)"
+        )
+    return _REGISTRY[model_type]
+
+
+def registered_model_types() -> list[str]:
+    """The model types :func:`backbone_class` knows, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _class_named(name: str | None, source: Path) -> type[Backbone]:
+    classes = {c.__name__: c for c in _REGISTRY.values()}
     if name not in classes:
-        raise ValueError(f"unknown backbone class {name!r}; expected one of {sorted(classes)}")
+        raise ValueError(f"{source}: unknown backbone class {name!r}; expected one of {sorted(classes)}")
     return classes[name]

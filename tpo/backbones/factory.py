@@ -1,4 +1,9 @@
-"""Build a backbone from a JSON/YAML-able spec (what configs and ``TPOModule`` take)."""
+"""Build a backbone from a JSON/YAML-able spec (what configs and ``TPOModule`` take).
+
+Two registries answer a spec: named builders (:data:`BACKBONE_BUILDERS`, e.g. ``tiny_llava``) for
+``{"name": ...}``, and the backbone-class registry of :mod:`tpo.backbones.base` (by the folder's
+``model_type``) for ``{"pretrained": dir}``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from tpo.arguments import unknown_arguments
-from tpo.backbones.base import CONFIG_NAME, Backbone
-from tpo.backbones.llava import LlavaBackbone
+from tpo.backbones.base import Backbone
 from tpo.backbones.tiny import tiny_llava, tiny_videochat
 
-__all__ = ["BACKBONE_BUILDERS", "create_backbone", "register_backbone"]
+__all__ = ["BACKBONE_BUILDERS", "create_backbone", "register_builder"]
 
 
 BACKBONE_BUILDERS: dict[str, Callable[..., Backbone]] = {
@@ -20,8 +24,9 @@ BACKBONE_BUILDERS: dict[str, Callable[..., Backbone]] = {
 }
 
 
-def register_backbone(name: str, builder: Callable[..., Backbone]) -> None:
-    """Make ``{"name": name, **kwargs}`` specs build with ``builder(**kwargs)``."""
+def register_builder(name: str, builder: Callable[..., Backbone]) -> None:
+    """Make ``{"name": name, **kwargs}`` specs build with ``builder(**kwargs)``. (A new backbone
+    class is registered for its folders with :func:`tpo.backbones.register_backbone`.)"""
     BACKBONE_BUILDERS[name] = builder
 
 
@@ -31,7 +36,8 @@ def create_backbone(spec: Backbone | Mapping[str, Any]) -> Backbone:
     Specs:
         ``{"name": "tiny_llava", "kind": "llava_onevision", ...}`` — a registered builder;
         ``{"pretrained": dir, "tasks": [...]}`` — a folder written by ``Backbone.save_pretrained``
-        or a plain Hugging Face LLaVA-family folder (task tokens are attached when it has none).
+        or a plain Hugging Face folder of a registered ``model_type`` (LLaVA family); task tokens
+        are attached when it has none. Other keys go to the model's ``from_pretrained``.
         Either may add ``"modality_adaptive": true`` (or a number of modalities) for mPLUG-Owl2's
         modality-adaptive layers.
     """
@@ -49,10 +55,7 @@ def _build(spec: dict[str, Any]) -> Backbone:
     if "pretrained" in spec:
         directory = Path(spec.pop("pretrained"))
         tasks = spec.pop("tasks", None)
-        if (directory / CONFIG_NAME).is_file():
-            backbone = Backbone.from_pretrained(directory, **spec)
-        else:
-            backbone = LlavaBackbone.from_pretrained(directory, **spec)
+        backbone = Backbone.from_pretrained(directory, **spec)
         if backbone.task_tokens is None:
             backbone.attach_task_tokens(tasks=tasks)
         return backbone

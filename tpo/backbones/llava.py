@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
-from tpo.backbones.base import Backbone, BackboneOutput, group_frames
+from tpo.backbones.base import Backbone, BackboneOutput, group_frames, register_backbone
 from tpo.tokens import TaskTokens
 
 __all__ = ["LlavaBackbone", "LlavaFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
@@ -93,6 +93,7 @@ class LlavaFamilyProcessor:
         self.processor.save_pretrained(str(directory))
 
 
+@register_backbone(SUPPORTED_MODEL_TYPES)
 class LlavaBackbone(Backbone):
     """A LLaVA-family model with TPO task tokens.
 
@@ -241,7 +242,7 @@ class LlavaBackbone(Backbone):
             the normalised ``frames (B, T, 3, H, W)`` the vision tower read (base crop of an image);
             ``None`` for a text-only batch, and ``frames`` also where image and video sizes differ.
         """
-        input_ids = self._require(batch, "input_ids")
+        input_ids = self.require(batch, "input_ids")
         batch_size = input_ids.shape[0]
         mm = {}
         tokens: list[list[Tensor]] = [[] for _ in range(batch_size)]
@@ -271,16 +272,11 @@ class LlavaBackbone(Backbone):
         frames, _ = _stack_per_sample(pixels, "frames", strict=False)
         return mm, visual, mask, frames
 
-    @staticmethod
-    def _grid(num_tokens: int) -> tuple[int, int]:
-        side = math.isqrt(num_tokens)
-        return (side, side) if side * side == num_tokens else (1, num_tokens)
-
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict) -> BackboneOutput:
         """Run the model on a batch; see the class docstring for the keys."""
         mm, visual, visual_mask, frames = self.encode_visual(batch)
-        out = self._lm_forward(batch, mm_encoder_outputs=mm or None)
+        out = self.lm_forward(batch, mm_encoder_outputs=mm or None)
         hidden = out.hidden_states[-1]
         return BackboneOutput(
             loss=out.loss,
@@ -288,7 +284,7 @@ class LlavaBackbone(Backbone):
             hidden_states=hidden,
             visual=visual,
             visual_mask=visual_mask,
-            visual_grid=self._grid(visual.shape[2]) if visual is not None else None,
+            visual_grid=self.grid_size(visual.shape[2]) if visual is not None else None,
             frames=frames,
             tasks=self.gather_tasks(batch["input_ids"], hidden),
         )
@@ -297,7 +293,7 @@ class LlavaBackbone(Backbone):
     def _save_model(self, directory: Path) -> dict:
         self.model.save_pretrained(directory / "model")
         self.processor.save_pretrained(directory / "processor")
-        return {"model_type": self.model_type}
+        return {}
 
     @classmethod
     def _load(cls, directory: Path, config: dict, **model_kwargs) -> LlavaBackbone:
@@ -306,14 +302,10 @@ class LlavaBackbone(Backbone):
         return cls(model, processor)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **model_kwargs) -> LlavaBackbone:
-        """Load from a folder written by :meth:`save_pretrained`, or from a plain Hugging Face model
-        folder (``config.json`` + weights + processor files) on local disk."""
-        directory = Path(directory)
-        if not (directory / "tpo_backbone.json").is_file() and (directory / "config.json").is_file():
-            model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
-            return cls(model, AutoProcessor.from_pretrained(directory))
-        return super().from_pretrained(directory, **model_kwargs)
+    def _load_hf(cls, directory: Path, **model_kwargs) -> LlavaBackbone:
+        """A plain Hugging Face model folder (``config.json`` + weights + processor files)."""
+        model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
+        return cls(model, AutoProcessor.from_pretrained(directory))
 
 
 def _stack_per_sample(items: list[list[Tensor]], name: str, *, strict: bool) -> tuple[Tensor | None, Tensor]:

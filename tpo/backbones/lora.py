@@ -4,27 +4,80 @@ Adapters are injected in place (``peft.inject_adapter_in_model``), so the backbo
 model objects. The base weights are frozen; the LoRA matrices, the rows of the task tokens in the
 input embeddings and output projection (PEFT's trainable tokens) and the task embeddings stay
 trainable.
+
+:func:`is_lora_parameter` is the one test of "does PEFT own this parameter" in the library: the
+stage presets, the module's head export and :meth:`Backbone.save_pretrained` all ask it.
+:func:`without_adapters` shows the base model under the adapters (for saving it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from tpo.backbones.base import Backbone
+if TYPE_CHECKING:
+    from tpo.backbones.base import Backbone
 
-__all__ = ["apply_lora", "DEFAULT_LORA_TARGETS", "is_lora_parameter"]
+__all__ = ["apply_lora", "DEFAULT_LORA_TARGETS", "is_lora_parameter", "without_adapters"]
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-_TRAINABLE_MARKERS = ("lora_", "trainable_tokens_delta")
+_PEFT_PARAMETER = re.compile(r"(?:^|\.)(?:lora_[A-Za-z_]+|trainable_tokens_delta|modules_to_save)(?:\.|$)")
 
 
 def is_lora_parameter(name: str) -> bool:
-    """Whether a parameter name belongs to the LoRA adapters or trainable token rows."""
-    return any(marker in name for marker in _TRAINABLE_MARKERS)
+    """Whether a parameter (or state-dict key) is one PEFT adds and trains: a LoRA matrix
+    (``lora_A``, ``lora_B``, ``lora_embedding_A/B``, DoRA's ``lora_magnitude_vector``), a trainable
+    token delta (``trainable_tokens_delta``) or a ``modules_to_save`` copy.
+
+    A dotted component of ``name`` must be one of those, so the base weights PEFT wraps
+    (``base_layer``, ``original_module``, ``token_adapter.base_layer``) and look-alike names of
+    the user's own modules (``flora_proj``) are not adapter parameters.
+    """
+    return _PEFT_PARAMETER.search(name) is not None
+
+
+@contextmanager
+def without_adapters(root: nn.Module) -> Iterator[None]:
+    """Inside the context, the PEFT layers of ``root`` are replaced by the layers they wrap (LoRA
+    linears by their base linear, trainable-token and ``modules_to_save`` wrappers by the original
+    module), whose weights PEFT leaves untouched: ``root`` is the base model. Restored on exit.
+
+    Raises:
+        ValueError: a LoRA layer whose weights are merged into its base layer.
+    """
+    if not any(is_lora_parameter(n) for n, _ in root.named_parameters()):
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    swaps, done = [], []
+    for name, module in list(root.named_modules()):
+        if any(name.startswith(prefix + ".") for prefix in done):
+            continue
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            base = module.original_module
+        elif isinstance(module, BaseTunerLayer):
+            if getattr(module, "merged", False):
+                raise ValueError(f"{name}: LoRA weights are merged into the base layer; unmerge them first")
+            base = module.get_base_layer()
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        swaps.append((root.get_submodule(parent_name), child, module, base))
+        done.append(name)
+    try:
+        for parent, child, _, base in swaps:
+            setattr(parent, child, base)
+        yield
+    finally:
+        for parent, child, module, _ in reversed(swaps):
+            setattr(parent, child, module)
 
 
 def apply_lora(

@@ -29,7 +29,7 @@ from transformers import (
     Blip2QFormerModel,
 )
 
-from tpo.backbones.base import Backbone, BackboneOutput, group_frames
+from tpo.backbones.base import Backbone, BackboneOutput, group_frames, register_backbone
 from tpo.tokens import TaskTokens
 
 __all__ = ["VideoChatBackbone", "VideoChatProcessor", "VisionTower"]
@@ -37,6 +37,7 @@ __all__ = ["VideoChatBackbone", "VideoChatProcessor", "VisionTower"]
 PROCESSOR_CONFIG = "videochat_processor.json"
 MODEL_CONFIG = "videochat.json"
 CONNECTOR_WEIGHTS = "vision_connector.safetensors"
+MODEL_TYPE = "videochat"
 
 
 class VideoChatProcessor:
@@ -209,6 +210,7 @@ class VisionTower(nn.Module):
         return tokens[:, tokens.shape[1] - num_patches :]
 
 
+@register_backbone(MODEL_TYPE)
 class VideoChatBackbone(Backbone):
     """Vision tower + Q-Former connector + causal LM, with TPO task tokens.
 
@@ -228,6 +230,8 @@ class VideoChatBackbone(Backbone):
     tower's per-frame patch tokens ``(B, T, N, D_v)`` (``visual_dim = D_v``), all clips of a sample
     concatenated along ``T``.
     """
+
+    model_type = MODEL_TYPE
 
     def __init__(
         self,
@@ -271,6 +275,11 @@ class VideoChatBackbone(Backbone):
     def lora_scope(self) -> tuple[nn.Module, str]:
         return self.llm, ""
 
+    def grid_size(self, num_tokens: int) -> tuple[int, int]:
+        """The vision tower's patch grid when it has ``num_tokens`` tokens, else as the base class."""
+        grid = tuple(self.vision.grid)
+        return grid if grid[0] * grid[1] == num_tokens else super().grid_size(num_tokens)
+
     @property
     def video_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(VideoChatProcessor.video_token)
@@ -307,7 +316,7 @@ class VideoChatBackbone(Backbone):
 
     def forward(self, batch: dict) -> BackboneOutput:
         """Run the model on a batch; see the class docstring for the keys."""
-        input_ids = self._require(batch, "input_ids")
+        input_ids = self.require(batch, "input_ids")
         with self.input_boxes(batch.get("track_boxes")):
             embeds = self.llm.get_input_embeddings()(input_ids)
         is_visual = input_ids == self.video_token_id
@@ -348,7 +357,7 @@ class VideoChatBackbone(Backbone):
             hidden_states=hidden,
             visual=visual,
             visual_mask=visual_mask,
-            visual_grid=self.vision.grid if visual is not None else None,
+            visual_grid=self.grid_size(visual.shape[2]) if visual is not None else None,
             frames=frames,
             tasks=self.gather_tasks(input_ids, hidden),
         )
