@@ -88,7 +88,7 @@ def main(mode: str, root: str, out: str, devices: int) -> None:
                 tasks.append(local)
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-            grads.update({n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+            grads.update({n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
                           if p.grad is not None})
 
     dm = MultiTaskDataModule(train=_datasets(data, "train", None, "random"), batch_size=BATCH * 2 // devices,

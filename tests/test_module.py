@@ -8,6 +8,7 @@ from lightning import Trainer
 
 from tpo.backbones.tiny import tiny_llava
 from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
+from tpo.losses import weighted
 from tpo.module import TPOModule
 
 SMALL_HEADS = {
@@ -55,7 +56,7 @@ def test_every_head_loss_reaches_its_task_embedding(synthetic):
     results = module.run_heads(batch, out)
     assert set(results) == {"temporal", "box", "track", "mask"}
     for task, (head_out, index) in results.items():
-        rows = module._target_rows(batch, task, index)
+        rows = module.model.target_rows(batch, task, index)
         from tpo.tasks import get_task
 
         terms = module.heads[task].loss(head_out, get_task(task).head_targets(rows))
@@ -78,9 +79,10 @@ def test_training_step_sums_weighted_terms_and_touches_absent_tasks(synthetic):
     head_out, index = module.run_heads(batch, out)["temporal"]
     from tpo.tasks import get_task
 
-    rows = module._target_rows(batch, "temporal", index)
+    rows = module.model.target_rows(batch, "temporal", index)
     terms = module.heads["temporal"].loss(head_out, get_task("temporal").head_targets(rows))
-    torch.testing.assert_close(loss, out.loss + 2.0 * sum(terms.values()), rtol=1e-5, atol=1e-5)
+    scaled = weighted(terms, module.heads["temporal"].weight_dict)  # the heads' terms are unweighted
+    torch.testing.assert_close(loss, out.loss + 2.0 * sum(scaled.values()), rtol=1e-5, atol=1e-5)
     loss.backward()
     missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:5]  # DDP needs every trainable parameter in the graph
@@ -171,14 +173,14 @@ def test_a_batch_without_labels_counts_no_task_as_called(synthetic):
     batch = first_batch(synthetic, module.backbone, tasks=("box",))
     with torch.no_grad():
         out = module.backbone(batch)
-    loss, correct = module.assignment({**batch, "labels": None}, out)
+    loss, correct = module.model.assignment({**batch, "labels": None}, out)
     assert loss is None and correct.dtype == torch.bool and not correct.any()
     module.eval()
     with torch.no_grad():
-        module._evaluate({**batch, "labels": None}, "val")
-    teacher, generated = module.metrics["teacher"]["box"], module.metrics["generated"]["box"]
+        module.validation_step({**batch, "labels": None}, 0)
+    teacher, generated = module.metrics.teacher["box"], module.metrics.generated["box"]
     assert float(generated.compute()["acc@0.5"]) == 0.0  # every sample a miss ...
-    assert float(module.assign_metric.compute()) == 0.0
+    assert float(module.metrics.assign.compute()) == 0.0
     assert teacher.update_called  # ... while the teacher-forced boxes are still scored
 
 
@@ -192,7 +194,7 @@ def test_an_interrupted_save_heads_leaves_the_previous_export_whole(tmp_path, mo
             f.write(b"half a safetensors file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tpo.module.save_file", interrupted)
+    monkeypatch.setattr("tpo.export.save_file", interrupted)
     with torch.no_grad():
         next(module.heads.parameters()).add_(1.0)
     with pytest.raises(KeyboardInterrupt):

@@ -11,8 +11,9 @@ from lightning import Callback, Trainer, seed_everything
 from test_module import SMALL_HEADS
 
 from tpo.backbones.tiny import tiny_llava
+from tpo.callbacks import NonFiniteLossError
 from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
-from tpo.module import NonFiniteLossError, TPOModule
+from tpo.module import TPOModule
 
 BAD_STEP = 2
 
@@ -92,7 +93,7 @@ def test_nan_stops_training_naming_the_term_after_saving_the_weights(synthetic, 
 @pytest.mark.slow
 def test_nan_batch_is_skipped_when_asked(synthetic, tmp_path, caplog):
     module, trainer, dm, weights, poisoned = fit(synthetic, tmp_path, "skip", max_steps=5)
-    with caplog.at_level(logging.WARNING, logger="tpo.module"):
+    with caplog.at_level(logging.WARNING, logger="tpo.callbacks"):
         trainer.fit(module, dm)
     (step,) = poisoned
     assert module.nonfinite_skipped == 1
@@ -124,7 +125,8 @@ sys.path.insert(0, sys.argv[3])
 from test_module import SMALL_HEADS
 from tpo.backbones.tiny import tiny_llava
 from tpo.datamodules import MultiTaskDataModule
-from tpo.module import NonFiniteLossError, TPOModule
+from tpo.callbacks import NonFiniteLossError
+from tpo.module import TPOModule
 
 torch.set_num_threads(1)
 data, out = sys.argv[1], sys.argv[2]
@@ -146,7 +148,7 @@ class Watch(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         sums[trainer.global_step] = sum(float(p.double().sum()) for p in pl_module.parameters())
         if trainer.global_step == 3:
-            pl_module.nonfinite = "stop"
+            pl_module.nonfinite_callback.mode = "stop"
 
 dm = MultiTaskDataModule.from_synthetic(data, backbone=module.backbone, tasks=("box",),
                                         batch_size=2, num_frames=4, seed=0)
