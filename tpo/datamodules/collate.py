@@ -251,7 +251,7 @@ class TaskCollator:
             labels=labels,
             track_boxes=_to_tensor(np.concatenate(boxes), torch.float32),
             track_box_sample=_to_tensor(box_sample, torch.long),
-            targets=self._targets(items),
+            targets=self.pack_targets(items),
             meta=[
                 item.get("meta", {})
                 | {"id": item.get("id"), "task": item["task"]}
@@ -287,7 +287,9 @@ class TaskCollator:
         return None if item.get("image") is None else np.asarray(item["image"])[None]
 
     @staticmethod
-    def _targets(items: Sequence[dict]) -> dict[str, dict]:
+    def pack_targets(items: Sequence[dict]) -> dict[str, dict]:
+        """``{task: rows}``: each task's targets of ``items`` packed by its task object
+        (:meth:`tpo.tasks.Task.pack_targets`) with ``sample_index (n,)``, the items holding them."""
         by_task: dict[str, list[int]] = {}
         for b, item in enumerate(items):
             if item.get("target") is not None:
