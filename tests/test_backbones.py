@@ -38,7 +38,7 @@ def make_batch(backbone, kind: str, seed: int = 0) -> dict:
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100
     batch["labels"] = labels
-    batch["track_boxes"] = torch.tensor([[0.5, 0.4, 0.2, 0.3]])
+    batch["prompt_boxes"] = torch.tensor([[0.5, 0.4, 0.2, 0.3]])
     return batch
 
 
@@ -140,10 +140,10 @@ def test_placeholder_count_must_match_visual_features(kind):
 def test_track_box_count_and_range_are_checked():
     backbone = tiny_llava("llava")
     batch = make_batch(backbone, "llava")
-    batch["track_boxes"] = None
+    batch["prompt_boxes"] = None
     with pytest.raises(ValueError, match="1 input-box tokens"):
         backbone(batch)
-    batch["track_boxes"] = torch.tensor([[0.5, 0.5, 1.2, 0.1]])
+    batch["prompt_boxes"] = torch.tensor([[0.5, 0.5, 1.2, 0.1]])
     with pytest.raises(ValueError, match=r"boxes\[0\].*\[0, 1\]"):
         backbone(batch)
 

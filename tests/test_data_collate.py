@@ -96,7 +96,7 @@ def items():
          "target": None, "meta": {}},
         {"task": "track", "id": "t0", "video": _video(3, 3),
          "turns": [("Track the object at <track_box>.", "<track_begin><tracking>")],
-         "input_boxes": np.array([[0.3, 0.4, 0.1, 0.2]]),
+         "prompt_boxes": np.array([[0.3, 0.4, 0.1, 0.2]]),
          "target": {"boxes": rng.random((3, 4)), "visible": np.array([1, 1, 0], bool)},
          "meta": {}},
         {"task": "mask", "id": "s0", "video": _video(3, 4),
@@ -151,7 +151,7 @@ def test_padding_side_override_and_generation_mode():
     assert text.endswith("ASSISTANT:") and "<temp>" not in text
 
 
-def test_targets_track_boxes_and_meta():
+def test_targets_prompt_boxes_and_meta():
     tok = make_tokenizer(None)
     its = items()
     batch = TaskCollator(processor=FakeProcessor(tok))(its + [its[0] | {"id": "m1"}])
@@ -165,9 +165,9 @@ def test_targets_track_boxes_and_meta():
     assert t["track"]["boxes"].shape == (1, 3, 4) and t["track"]["visible"].dtype == torch.bool
     assert t["mask"]["masks"].shape == (1, 3, 8, 8) and t["mask"]["masks"].dtype == torch.bool
     box_token = tok.convert_tokens_to_ids("<track_box>")
-    assert (batch["input_ids"] == box_token).sum() == batch["track_boxes"].shape[0] == 1
-    np.testing.assert_allclose(batch["track_boxes"][0].numpy(), [0.3, 0.4, 0.1, 0.2])
-    assert batch["track_box_sample"].tolist() == [3]  # the track item is the fourth
+    assert (batch["input_ids"] == box_token).sum() == batch["prompt_boxes"].shape[0] == 1
+    np.testing.assert_allclose(batch["prompt_boxes"][0].numpy(), [0.3, 0.4, 0.1, 0.2])
+    assert batch["prompt_box_sample"].tolist() == [3]  # the track item is the fourth
     assert batch["tasks"] == ["temporal", "box", "conversation", "track", "mask", "temporal"]
     assert batch["meta"][0] == {"duration": 2.0, "id": "m0", "task": "temporal"}
     assert batch["pixel_values_videos"].shape == (5, 3, 3, 8, 8)

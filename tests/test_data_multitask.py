@@ -73,7 +73,7 @@ def test_track_ref_and_mask_items(data):
     idx = item["meta"]["frame_indices"]
     assert idx[0] == 0
     x, y, w, h = s.boxes_xywh[0]
-    np.testing.assert_allclose(item["input_boxes"][0],
+    np.testing.assert_allclose(item["prompt_boxes"][0],
                                [(x + w / 2) / SIZE, (y + h / 2) / SIZE, w / SIZE, h / SIZE],
                                rtol=1e-5)
     np.testing.assert_array_equal(item["target"]["visible"], s.visible[idx])

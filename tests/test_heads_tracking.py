@@ -154,7 +154,7 @@ def test_bf16_autocast():
 
 
 def test_box_window_centres_on_the_box_and_sums_to_one():
-    from tpo.heads.tracking import box_window
+    from tpo.heads.track import box_window
 
     weights = box_window(torch.tensor([[0.125, 0.625, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]]), 4, 4)
     torch.testing.assert_close(weights.sum(1), torch.ones(2))
@@ -220,12 +220,12 @@ def test_adapter_takes_each_samples_first_input_box():
     from tpo.tasks import get_task
 
     batch = {
-        "track_boxes": torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1]]),
-        "track_box_sample": torch.tensor([0, 2, 2]),
+        "prompt_boxes": torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1]]),
+        "prompt_box_sample": torch.tensor([0, 2, 2]),
     }
     inputs = get_task("track").batch_inputs(batch, torch.tensor([2, 0]))
-    torch.testing.assert_close(inputs["prompt_boxes"], batch["track_boxes"][[1, 0]])
+    torch.testing.assert_close(inputs["prompt_boxes"], batch["prompt_boxes"][[1, 0]])
     missing = get_task("track").batch_inputs(batch, torch.tensor([1, 0]))["prompt_boxes"]
     assert missing[0].isnan().all()
-    torch.testing.assert_close(missing[1], batch["track_boxes"][0])
+    torch.testing.assert_close(missing[1], batch["prompt_boxes"][0])
     assert get_task("track").batch_inputs({}, torch.tensor([0])) == {}

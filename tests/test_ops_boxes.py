@@ -113,7 +113,7 @@ def test_patch_targets_weigh_each_patch_by_the_box_area_it_covers():
 
 
 def test_patch_kl_loss_is_zero_exactly_at_the_target_and_ignores_invalid_rows():
-    from tpo.losses.boxes import patch_kl_loss
+    from tpo.losses.box import patch_kl_loss
     from tpo.ops.boxes import patch_targets
 
     boxes = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])

@@ -89,8 +89,8 @@ def _inputs(item: dict) -> tuple:
     """``(media, question, box)`` of a dataset item, as a user passes them."""
     media = item["video"] if item.get("video") is not None else item["image"]
     box = None
-    if item.get("input_boxes") is not None:
-        box = _px_xyxy(item["input_boxes"][0], item["meta"]["frame_size"])
+    if item.get("prompt_boxes") is not None:
+        box = _px_xyxy(item["prompt_boxes"][0], item["meta"]["frame_size"])
     return media, item["turns"][0][0], box
 
 
@@ -329,7 +329,7 @@ def test_generation_on_modality_adaptive_layers_equals_greedy_recomputation(plai
     rng = np.random.default_rng(0)
     video = rng.integers(0, 255, (NUM_FRAMES, 32, 32, 3), dtype=np.uint8)
     item = {"video": video, "turns": [("Track the object given at <track_box> through the video.", "")],
-            "input_boxes": np.array([[0.5, 0.5, 0.2, 0.2]]), "meta": {"frame_size": (32, 32)}}
+            "prompt_boxes": np.array([[0.5, 0.5, 0.2, 0.2]]), "meta": {"frame_size": (32, 32)}}
     answer = plain.predict(video, item["turns"][0][0], box=[13.0, 13.0, 19.4, 19.4])
     reference = _greedy_reference(plain.module, plain, item, plain.max_new_tokens)
     tokenizer = plain.backbone.tokenizer

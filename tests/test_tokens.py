@@ -175,7 +175,7 @@ def test_gradients_reach_task_embeddings_and_box_encoder(bound):
     assert tokens.box_encoder.mlp[0].weight.grad.abs().sum() > 0
 
 
-def test_bad_input_boxes_are_named(bound):
+def test_bad_prompt_boxes_are_named(bound):
     tokens, _ = bound
     input_ids = torch.full((2, 5), 20)
     input_ids[1, 2] = tokens.input_ids_of_boxes[0]

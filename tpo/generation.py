@@ -92,7 +92,7 @@ def generate_with_tasks(backbone: LlavaBackbone, batch: Mapping[str, Any], *, ma
     Args:
         backbone: a LLaVA-family backbone with task tokens.
         batch: the collator's generation batch (``input_ids (B, L)``, ``attention_mask (B, L)``,
-            ``track_boxes (K, 4)``, pixel values), on the backbone's device.
+            ``prompt_boxes (K, 4)``, pixel values), on the backbone's device.
         max_new_tokens: generation length limit (``generate_kwargs`` may override it).
         generate_kwargs: passed to ``generate`` (``do_sample``, ``temperature``...); greedy by
             default. Media, placeholder and input-box tokens are always suppressed.
@@ -136,7 +136,7 @@ def _generate(backbone: LlavaBackbone, batch: Mapping[str, Any], mm: dict, kwarg
                          "the prompt with text (the assistant prefix)")
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded prompts
     prefix = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1],
-              "track_boxes": batch["track_boxes"]}
+              "prompt_boxes": batch["prompt_boxes"]}
     prefill = backbone.lm_forward(prefix, mm_encoder_outputs=mm or None, position_ids=positions[:, :-1],
                                   use_cache=True)
     eos = tokenizer.eos_token_id

@@ -126,7 +126,7 @@ def question_item(fields: dict, question: str, *, box_tokens: Sequence[str],
         question: the instruction.
         box_tokens: the input-box tokens (``<track_box>``) a question may carry.
         box: ``[x1, y1, x2, y2]`` pixels of the target in the first frame, for the question's one
-            input-box token (``input_boxes (1, 4)`` normalised ``cxcywh`` in the item).
+            input-box token (``prompt_boxes (1, 4)`` normalised ``cxcywh`` in the item).
         index: the sample, for messages.
         query: the expression the heads read with ``query_words`` (default the question).
     """
@@ -149,5 +149,5 @@ def question_item(fields: dict, question: str, *, box_tokens: Sequence[str],
         )
     if box is not None:
         height, width = item["meta"]["frame_size"]
-        item["input_boxes"] = box_to_normalised(box, int(height), int(width), index)
+        item["prompt_boxes"] = box_to_normalised(box, int(height), int(width), index)
     return item

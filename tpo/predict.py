@@ -198,7 +198,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict_items(self, items: Sequence[dict], **generate_kwargs) -> list[Answer]:
-        """Answer collator items (``video``/``image``, ``turns``, ``input_boxes``, ``meta``); the
+        """Answer collator items (``video``/``image``, ``turns``, ``prompt_boxes``, ``meta``); the
         last turn's answer is ignored. This is what :meth:`predict_batch` and
         :func:`evaluate_predictor` run."""
         if not items or any(item.get("video") is None and item.get("image") is None for item in items):

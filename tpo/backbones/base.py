@@ -114,7 +114,7 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._hook_handle = None
-        self._pending_boxes: Tensor | None = None
+        self._pending_prompt_boxes: Tensor | None = None
         self.modality_adaptive = None
 
     @property
@@ -180,19 +180,19 @@ class Backbone(nn.Module):
         input_ids = args[0] if args else None
         if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or output.ndim != 3:
             return None
-        return self.task_tokens.inject(input_ids, output, self._pending_boxes)
+        return self.task_tokens.inject(input_ids, output, self._pending_prompt_boxes)
 
     @contextmanager
-    def input_boxes(self, boxes: Tensor | None):
+    def prompt_boxes(self, boxes: Tensor | None):
         """Boxes for the ``<track_box>`` tokens of the forwards run inside this context.
 
         ``boxes (K, 4)`` normalised ``(cx, cy, w, h)``, one per input-box token in row-major order.
         """
-        previous, self._pending_boxes = self._pending_boxes, boxes
+        previous, self._pending_prompt_boxes = self._pending_prompt_boxes, boxes
         try:
             yield
         finally:
-            self._pending_boxes = previous
+            self._pending_prompt_boxes = previous
 
     def gather_tasks(self, input_ids: Tensor, hidden_states: Tensor) -> dict[str, TaskGather]:
         if self.task_tokens is None:
@@ -209,7 +209,7 @@ class Backbone(nn.Module):
 
     def lm_forward(self, batch: Mapping[str, Any], **model_kwargs) -> Any:
         """Run the wrapped Hugging Face model (``self.model``) on the batch's ``input_ids (B, L)``,
-        ``attention_mask (B, L)`` and ``labels (B, L)``, with ``track_boxes (K, 4)`` injected at
+        ``attention_mask (B, L)`` and ``labels (B, L)``, with ``prompt_boxes (K, 4)`` injected at
         the input-box tokens and ``model_kwargs`` passed on (``mm_encoder_outputs``,
         ``position_ids``, ``use_cache``...).
 
@@ -218,7 +218,7 @@ class Backbone(nn.Module):
             ``cache`` when ``use_cache``).
         """
         input_ids = self.require(batch, "input_ids")
-        with self.input_boxes(batch.get("track_boxes")):
+        with self.prompt_boxes(batch.get("prompt_boxes")):
             return self.model(
                 input_ids=input_ids,
                 attention_mask=batch.get("attention_mask"),

@@ -106,7 +106,7 @@ class LlavaBackbone(Backbone):
     ``forward(batch)`` reads ``input_ids (B, L)``, ``attention_mask (B, L)``, optional
     ``labels (B, L)`` (-100 where ignored), ``pixel_values`` (+ ``image_sizes``,
     ``batch_num_images``) and ``pixel_values_videos (B, T, 3, H, W)`` as the processor returns them,
-    and ``track_boxes (K, 4)`` for ``<track_box>`` tokens. Its ``visual`` output is the per-frame
+    and ``prompt_boxes (K, 4)`` for ``<track_box>`` tokens. Its ``visual`` output is the per-frame
     visual tokens after the multimodal projector, in the LLM width (``visual_dim = D``), on the
     vision tower's full patch grid: an image is one frame at base resolution (any-resolution crops
     are left to the LLM); a video's frames are not pooled even where the LLM reads them pooled

@@ -226,7 +226,7 @@ class VideoChatBackbone(Backbone):
 
     ``forward(batch)`` reads ``input_ids``, ``attention_mask``, optional ``labels``,
     ``pixel_values_videos (C, T, 3, S, S)`` with ``video_frame_mask (C, T)`` (clips in row-major
-    order of their ``<video>`` token runs) and ``track_boxes``. Its ``visual`` output is the vision
+    order of their ``<video>`` token runs) and ``prompt_boxes``. Its ``visual`` output is the vision
     tower's per-frame patch tokens ``(B, T, N, D_v)`` (``visual_dim = D_v``), all clips of a sample
     concatenated along ``T``.
     """
@@ -317,7 +317,7 @@ class VideoChatBackbone(Backbone):
     def forward(self, batch: dict) -> BackboneOutput:
         """Run the model on a batch; see the class docstring for the keys."""
         input_ids = self.require(batch, "input_ids")
-        with self.input_boxes(batch.get("track_boxes")):
+        with self.prompt_boxes(batch.get("prompt_boxes")):
             embeds = self.llm.get_input_embeddings()(input_ids)
         is_visual = input_ids == self.video_token_id
         visual = visual_mask = frames = None

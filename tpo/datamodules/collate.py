@@ -11,8 +11,8 @@ Batch (``B`` samples, ``L`` tokens):
 - ``pixel_values`` / ``pixel_values_videos`` and any other processor output;
 - ``query_ids (B, Lq)`` and ``query_mask (B, Lq)`` bool: each item's ``query`` (the expression
   its instruction names) tokenised on its own, padded on the right; only when an item has one;
-- ``track_boxes (K, 4)`` normalised cxcywh, one per input-box token in row-major order of
-  (sample, position), and ``track_box_sample (K,)`` the sample of each;
+- ``prompt_boxes (K, 4)`` normalised cxcywh, one per input-box token in row-major order of
+  (sample, position), and ``prompt_box_sample (K,)`` the sample of each;
 - ``targets``: ``{task: {...}}``, each with ``sample_index (n,)`` long:
   temporal ``spans`` (list of ``(m, 2)`` cxw), ``saliency (n, T)`` and ``per_sample`` (the same
   as ``n`` dicts ``{"spans", "saliency"}``, the form ``TemporalGroundingHead.loss`` takes);
@@ -55,6 +55,12 @@ class ChatFormat:
 
 def _to_tensor(x, dtype=None) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+def _prompt_boxes(item: dict) -> np.ndarray:
+    """An item's ``prompt_boxes`` as ``(k, 4)`` float32, ``(0, 4)`` without any."""
+    boxes = item.get("prompt_boxes")
+    return np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
 class TaskCollator:
@@ -241,16 +247,12 @@ class TaskCollator:
                 )
             for back_start, back_end in ranges:
                 labels[b, end - back_start : end - back_end] = input_ids[b, end - back_start : end - back_end]
-        boxes = [
-            np.asarray(item["input_boxes"], np.float32).reshape(-1, 4) if item.get("input_boxes") is not None
-            else np.zeros((0, 4), np.float32)
-            for item in items
-        ]
+        boxes = [_prompt_boxes(item) for item in items]
         box_sample = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)])
         encoded.update(
             labels=labels,
-            track_boxes=_to_tensor(np.concatenate(boxes), torch.float32),
-            track_box_sample=_to_tensor(box_sample, torch.long),
+            prompt_boxes=_to_tensor(np.concatenate(boxes), torch.float32),
+            prompt_box_sample=_to_tensor(box_sample, torch.long),
             targets=self.pack_targets(items),
             meta=[
                 item.get("meta", {})

@@ -1,7 +1,7 @@
 """Per-task datasets: annotation records in, task items (frames, turns, targets) out.
 
 An item is a dict: ``task``, ``id``, ``video (T, H, W, 3)`` uint8 or ``image (H, W, 3)`` uint8,
-``turns`` (``[(instruction, answer), ...]``), ``input_boxes (k, 4)`` normalised cxcywh for the
+``turns`` (``[(instruction, answer), ...]``), ``prompt_boxes (k, 4)`` normalised cxcywh for the
 ``<track_box>`` tokens, ``target`` (heads' internal units, see :mod:`tpo.datamodules.collate`),
 ``meta`` and ``skipped``. Decoders are opened inside ``__getitem__``, so inside the DataLoader
 worker that loads the item.
@@ -243,7 +243,7 @@ class TrackDataset(TaskDataset):
         return {"task": self.task, "id": s.name,
                 "video": resize_frames(clip.frames, self.frame_size),
                 "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
-                "input_boxes": boxes[:1],
+                "prompt_boxes": boxes[:1],
                 "target": {"boxes": boxes, "visible": visible},
                 "meta": {"frame_size": (h, w), "timestamps": clip.timestamps,
                          "frame_indices": indices}}

@@ -11,7 +11,7 @@ from tpo.heads.temporal import (
     TemporalGroundingOutput,
     TemporalGroundingPrediction,
 )
-from tpo.heads.tracking import TrackingHead, TrackingOutput, TrackingPrediction
+from tpo.heads.track import TrackingHead, TrackingOutput, TrackingPrediction
 
 __all__ = [
     "BoxHead",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from tpo.heads.base import DETR_MLP_LAYERS, MLP, CountedLoss, check_shape, grid_of, meta_size
 from tpo.heads.grounding import GroundingDecoder, box_targets
-from tpo.losses.boxes import BoxCriterion
+from tpo.losses.box import BoxCriterion
 from tpo.ops.boxes import boxes_to_pixels
 
 __all__ = ["BoxHead", "BoxOutput", "BoxPrediction"]

@@ -4,7 +4,7 @@ A query scores every patch of its frame (scaled dot product); the box centre is 
 softmax-weighted mean of the patch centres plus a learned offset of at most one patch, and the
 box size comes from an MLP. The patch scores are supervised densely (``loss_patch``: KL from the
 target box's distribution over the patches, each weighing the box area it covers), the spatial
-counterpart of Moment-DETR's per-clip saliency (:func:`tpo.losses.boxes.patch_kl_loss`), which
+counterpart of Moment-DETR's per-clip saliency (:func:`tpo.losses.box.patch_kl_loss`), which
 makes grounding learn from far fewer samples than box regression alone.
 """
 

@@ -19,7 +19,7 @@ from tpo.heads.base import (
     sine_position_1d,
     sine_position_2d,
 )
-from tpo.losses.masks import MaskCriterion
+from tpo.losses.mask import MaskCriterion
 from tpo.ops.masks import MASK_THRESHOLD, OBJECT_SCORE_THRESHOLD, resize_mask_logits
 
 __all__ = [

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from tpo.heads.base import MLP, check_shape
 from tpo.heads.mask import MaskOutput, MaskPrediction, mask_losses, postprocess_masks
-from tpo.losses.masks import MaskCriterion
+from tpo.losses.mask import MaskCriterion
 from tpo.losses.normalizers import normalizer
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes
 

@@ -4,9 +4,10 @@ Every criterion returns its named terms unweighted and carries ``weight_dict`` (
 weight}``, auxiliary decoder-layer terms included); :func:`weighted` applies it.
 """
 
-from tpo.losses.boxes import BoxCriterion, TrackingCriterion
-from tpo.losses.masks import MaskCriterion
+from tpo.losses.box import BoxCriterion
+from tpo.losses.mask import MaskCriterion
 from tpo.losses.temporal import TemporalGroundingCriterion, saliency_from_spans
+from tpo.losses.track import TrackingCriterion
 from tpo.losses.weights import weighted
 
 __all__ = [

@@ -6,8 +6,8 @@
 
 from tpo.metrics import functional
 from tpo.metrics._validate import EmptyMetricWarning, SaliencyLengthWarning
-from tpo.metrics.grounding import GroundingAccuracy
-from tpo.metrics.moments import HighlightDetection, MomentRetrieval
+from tpo.metrics.box import GroundingAccuracy
+from tpo.metrics.mask import JAndF
 from tpo.metrics.qvhighlights import (
     HIGHLIGHT_LEVELS,
     QVHIGHLIGHTS_LENGTH_BUCKETS,
@@ -15,8 +15,8 @@ from tpo.metrics.qvhighlights import (
     evaluate_qvhighlights,
     load_jsonl,
 )
-from tpo.metrics.segmentation import JAndF
-from tpo.metrics.tracking import GOT10kMetrics, TrackingSuccess
+from tpo.metrics.temporal import HighlightDetection, MomentRetrieval
+from tpo.metrics.track import GOT10kMetrics, TrackingSuccess
 
 __all__ = [
     "HIGHLIGHT_LEVELS",

@@ -48,7 +48,7 @@ class TrackTask(Task):
         ``index``, NaN for a sample without one (a generated tracking call on a question that gave
         no box: the head then looks at the whole first frame); nothing when the batch carries no
         input boxes (the head then treats every sample as box-less)."""
-        boxes, sample = batch.get("track_boxes"), batch.get("track_box_sample")
+        boxes, sample = batch.get("prompt_boxes"), batch.get("prompt_box_sample")
         if boxes is None or sample is None or len(boxes) == 0:
             return {}
         sample, boxes = sample.to(index.device), boxes.to(index.device)

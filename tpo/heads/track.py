@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from tpo.heads.base import MLP, CountedLoss, check_shape, grid_of, meta_size, sine_position_1d
 from tpo.heads.grounding import GroundingDecoder, box_targets
-from tpo.losses.boxes import TrackingCriterion
+from tpo.losses.track import TrackingCriterion
 from tpo.ops.boxes import boxes_to_pixels, check_normalized_boxes, patch_centers
 
 __all__ = ["TrackingHead", "TrackingOutput", "TrackingPrediction", "box_window"]
