@@ -81,6 +81,20 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
 
 
+def read_label_maps(annotations: Sequence[str], size: tuple[int, int], first_frame: str) -> np.ndarray:
+    """``(T, H, W)`` uint8 label maps of ``annotations``, each checked to be of the frames' ``size``
+    ``(height, width)`` (a ``ValueError`` names the annotation, both sizes and ``first_frame``)."""
+    labels = []
+    for path in annotations:
+        label = read_label_map(path)
+        if label.shape != tuple(size):
+            raise ValueError(f"{path}: annotation is {label.shape[1]}x{label.shape[0]} but the frames "
+                             f"(e.g. {first_frame}) are {size[1]}x{size[0]}; expected masks of the "
+                             "frame size")
+        labels.append(label)
+    return np.stack(labels)
+
+
 def frame_size(path: str) -> tuple[int, int]:
     """``(height, width)`` of an image file, reading only its header."""
     try:

@@ -15,6 +15,7 @@ from tpo.datamodules.formats._frames import (
     check_new_folders,
     frame_size,
     read_label_map,
+    read_label_maps,
     remove_folders,
     write_frames,
     write_label_map,
@@ -29,15 +30,11 @@ FPS = 24.0
 
 def _load(name: str, annotations: list[str], object_ids: list[int],
           size: tuple[int, int], first_frame: str) -> np.ndarray:
-    labels = []
-    for path in annotations:
-        label = read_label_map(path)
-        if label.shape != size:
-            raise ValueError(f"sample {name}: annotation {path} is {label.shape[1]}x"
-                             f"{label.shape[0]} but the frames (e.g. {first_frame}) are "
-                             f"{size[1]}x{size[0]}; expected masks of the frame size")
-        labels.append(label)
-    return np.stack(labels)[None] == np.asarray(object_ids, dtype=np.uint8)[:, None, None, None]
+    try:
+        labels = read_label_maps(annotations, size, first_frame)
+    except ValueError as err:
+        raise ValueError(f"sample {name}: {err}") from err
+    return labels[None] == np.asarray(object_ids, dtype=np.uint8)[:, None, None, None]
 
 
 def read_sequence(root: str | os.PathLike, name: str, resolution: str = "480p", *,

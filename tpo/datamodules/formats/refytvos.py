@@ -14,7 +14,7 @@ import numpy as np
 
 from tpo.datamodules.formats._frames import (
     frame_size,
-    read_label_map,
+    read_label_maps,
     write_frames,
     write_label_map,
 )
@@ -27,16 +27,7 @@ FPS = 6.0
 
 
 def _load(annotations: list[str], obj_id: int, first_frame: str) -> np.ndarray:
-    size = frame_size(first_frame)
-    masks = []
-    for path in annotations:
-        label = read_label_map(path)
-        if label.shape != size:
-            raise ValueError(f"{path}: annotation is {label.shape[1]}x{label.shape[0]} but the "
-                             f"frames (e.g. {first_frame}) are {size[1]}x{size[0]}; expected "
-                             f"masks of the frame size")
-        masks.append(label == obj_id)
-    return np.stack(masks)[None]
+    return (read_label_maps(annotations, frame_size(first_frame), first_frame) == obj_id)[None]
 
 
 def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
