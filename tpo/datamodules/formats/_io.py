@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_box", "as_finite", "as_windows", "load_json", "loads_json_line", "read_boxes",
-           "read_lines", "read_text", "require"]
+__all__ = ["as_box", "as_finite", "as_windows", "check_video_entry", "load_json", "loads_json_line",
+           "read_boxes", "read_lines", "read_text", "require"]
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -83,6 +83,16 @@ def require(row: Any, keys: tuple[str, ...], where: str, what: str = "an object"
                          f"{', '.join(repr(k) for k in missing)}; expected {what} with keys "
                          f"{', '.join(keys)}")
 
+
+
+def check_video_entry(entry: Any, where: str) -> None:
+    """A Ref-YouTube-VOS / MeViS ``meta_expressions.json`` video entry: an object with a non-empty
+    ``frames`` list and an ``expressions`` object; the ``ValueError`` names ``where``."""
+    require(entry, ("expressions", "frames"), where, "a video entry")
+    if not isinstance(entry["frames"], list) or not entry["frames"]:
+        raise ValueError(f"{where}: frames: expected a non-empty list of frame names")
+    if not isinstance(entry["expressions"], dict):
+        raise ValueError(f"{where}: expressions: expected an object {{eid: expression}}")
 
 def as_finite(value: Any, where: str, what: str) -> float:
     """``value`` as a finite float, else a ``ValueError`` naming ``where`` and ``what``."""

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from tpo.datamodules.formats._frames import frame_size
-from tpo.datamodules.formats._io import load_json, require
+from tpo.datamodules.formats._io import check_video_entry, load_json, require
 from tpo.datamodules.samples import MaskSample
 
 __all__ = ["FPS", "read"]
@@ -119,11 +119,7 @@ def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
     samples = []
     for vid, entry in meta["videos"].items():
         where = f"{meta_path}: video {vid}"
-        require(entry, ("expressions", "frames"), where, "a video entry")
-        if not isinstance(entry["frames"], list) or not entry["frames"]:
-            raise ValueError(f"{where}: frames: expected a non-empty list of frame names")
-        if not isinstance(entry["expressions"], dict):
-            raise ValueError(f"{where}: expressions: expected an object {{eid: expression}}")
+        check_video_entry(entry, where)
         frames = [os.path.join(split_dir, "JPEGImages", vid, f"{n}.jpg") for n in entry["frames"]]
         if not os.path.exists(frames[0]):
             raise FileNotFoundError(f"{frames[0]}: listed in {meta_path} but not found")

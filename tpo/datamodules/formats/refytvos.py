@@ -18,7 +18,7 @@ from tpo.datamodules.formats._frames import (
     write_frames,
     write_label_map,
 )
-from tpo.datamodules.formats._io import load_json, require
+from tpo.datamodules.formats._io import check_video_entry, load_json, require
 from tpo.datamodules.samples import MaskSample
 
 __all__ = ["FPS", "read", "write_meta", "write_video"]
@@ -53,11 +53,7 @@ def read(root: str | os.PathLike, split: str = "train", *, lazy: bool = True
     samples = []
     for vid, entry in data["videos"].items():
         where = f"{meta_path}: video {vid}"
-        require(entry, ("expressions", "frames"), where, "a video entry")
-        if not isinstance(entry["frames"], list) or not entry["frames"]:
-            raise ValueError(f"{where}: frames: expected a non-empty list of frame names")
-        if not isinstance(entry["expressions"], dict):
-            raise ValueError(f"{where}: expressions: expected an object {{eid: expression}}")
+        check_video_entry(entry, where)
         frames = [os.path.join(root, split, "JPEGImages", vid, f"{n}.jpg") for n in entry["frames"]]
         annotations = [os.path.join(root, split, "Annotations", vid, f"{n}.png")
                        for n in entry["frames"]]
