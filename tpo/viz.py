@@ -42,10 +42,15 @@ def plot_losses(history: Mapping[str, Sequence[tuple[int, float]]], path: str | 
     return _save(fig, path)
 
 
+TIMELINE_MARGIN_IN, TIMELINE_ROW_IN = 1.4, 0.45
+"""Timeline figure height: title, axis labels and ticks (inches), plus this much per row; with less
+margin a one-row figure's axes collapse to a sliver under ``tight_layout``."""
+
+
 def plot_timelines(rows: Sequence[Mapping], path: str | Path) -> Path:
     """Predicted vs true spans: rows of ``{"label", "duration" s, "truth" [[s, e], ...],
     "pred" [[s, e, score], ...]}`` (the top prediction is drawn solid, the next two faint)."""
-    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(8, TIMELINE_MARGIN_IN + TIMELINE_ROW_IN * len(rows)))
     for i, row in enumerate(rows):
         y = len(rows) - 1 - i
         ax.broken_barh([(0, row["duration"])], (y - 0.4, 0.8), color="#eeeeee")
@@ -89,15 +94,29 @@ def plot_boxes(items: Sequence[Mapping], path: str | Path) -> Path:
 
 
 def plot_tracks(
-    frames: np.ndarray, truth_xywh: np.ndarray, pred_xywh: np.ndarray, path: str | Path, label: str = ""
+    frames: np.ndarray,
+    truth_xywh: np.ndarray,
+    pred_xywh: np.ndarray,
+    path: str | Path,
+    label: str = "",
+    *,
+    truth_visible: np.ndarray | None = None,
+    pred_visible: np.ndarray | None = None,
 ) -> Path:
-    """One tracked clip: ``frames (T, H, W, 3)``, ``truth_xywh`` / ``pred_xywh (T, 4)`` px."""
-    fig, axes = _frame_axes(len(frames))
-    for t, ax in enumerate(axes[: len(frames)]):
+    """One tracked clip: ``frames (T, H, W, 3)``, ``truth_xywh`` / ``pred_xywh (T, 4)`` px; a box
+    is drawn only on the frames where ``truth_visible`` / ``pred_visible (T,)`` bool say the object
+    is there (default every frame)."""
+    count = len(frames)
+    truth_visible = np.ones(count, bool) if truth_visible is None else np.asarray(truth_visible, bool)
+    pred_visible = np.ones(count, bool) if pred_visible is None else np.asarray(pred_visible, bool)
+    fig, axes = _frame_axes(count)
+    for t, ax in enumerate(axes[:count]):
         ax.imshow(frames[t])
-        for box, color, style in ((truth_xywh[t], "#2a9d8f", "-"), (pred_xywh[t], "#e76f51", "--")):
-            x, y, w, h = (float(v) for v in box)
-            _rect(ax, (x, y, x + w, y + h), color, style)
+        for box, shown, color, style in ((truth_xywh[t], truth_visible[t], "#2a9d8f", "-"),
+                                         (pred_xywh[t], pred_visible[t], "#e76f51", "--")):
+            if shown:
+                x, y, w, h = (float(v) for v in box)
+                _rect(ax, (x, y, x + w, y + h), color, style)
         ax.set_title(f"t={t}", fontsize=7)
     fig.suptitle(f"tracking {label}: truth (green) vs prediction (orange, dashed)", fontsize=9)
     return _save(fig, path)

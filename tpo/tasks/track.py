@@ -89,7 +89,8 @@ class TrackTask(Task):
 
         truth = cxcywh_to_px(rows["boxes"][row], tuple(meta["frame_size"]), "xywh").numpy()
         return viz.plot_tracks(frames, truth, prediction.boxes_xywh.numpy(), Path(folder) / "tracking.png",
-                               meta.get("id", ""))
+                               meta.get("id", ""), truth_visible=rows["visible"][row].numpy(),
+                               pred_visible=prediction.visible.numpy())
 
     def answer_fields(self, prediction) -> dict:
         return {"track": prediction.boxes_xywh, "scores": prediction.scores}
