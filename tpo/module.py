@@ -1,7 +1,8 @@
 """``TPOModule``: trains a :class:`~tpo.model.TaskModel` (``module.model``) with Lightning.
 
-``L = lm_weight * L_lm + sum_task w_task * sum(head.loss(...).values())``; the CE on the
-task-begin tokens is part of ``L_lm`` and is logged on its own as the task-assignment loss::
+``L = lm_weight * L_lm + sum_task w_task * sum(weighted(head.loss(...), head.weight_dict).values())``;
+the CE on the task-begin tokens is part of ``L_lm`` and is logged on its own as the task-assignment
+loss::
 
     out = model(batch); results = model.run_heads(batch, out)    # {task: (head output, index)}
     total, terms, extra = training_losses(batch)    # means over all processes (one collective)
