@@ -12,8 +12,9 @@ import torch
 from tpo.datamodules.datasets import RefDataset
 from tpo.datamodules.formats import refcoco
 from tpo.heads import BoxHead
+from tpo.heads.base import meta_size
 from tpo.metrics import GroundingAccuracy
-from tpo.tasks._units import cxcywh_to_px, image_size
+from tpo.tasks._units import cxcywh_to_px
 from tpo.tasks.base import Task
 from tpo.tasks.registry import TaskSpec, register_task
 
@@ -46,8 +47,8 @@ class BoxTask(Task):
         return {"visual": out.visual[index, 0], "grid_size": out.visual_grid}
 
     def score(self, metric, predictions, rows, meta) -> None:
-        truth = torch.stack([cxcywh_to_px(b[None], image_size(m), "xyxy")[0]
-                             for b, m in zip(rows["boxes"], meta, strict=True)])
+        truth = torch.stack([cxcywh_to_px(b[None], meta_size(meta, i), "xyxy")[0]
+                             for i, (b, _) in enumerate(zip(rows["boxes"], meta, strict=True))])
         pred = torch.stack([p.box_xyxy.float().cpu() if p is not None else torch.zeros(4)
                             for p in predictions])
         metric.update(pred, truth.cpu())

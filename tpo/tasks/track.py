@@ -14,8 +14,9 @@ from torch import Tensor
 from tpo.datamodules.datasets import TrackDataset
 from tpo.datamodules.formats import got10k, lasot
 from tpo.heads import TrackingHead
+from tpo.heads.base import meta_size
 from tpo.metrics import TrackingSuccess
-from tpo.tasks._units import cxcywh_to_px, image_size
+from tpo.tasks._units import cxcywh_to_px
 from tpo.tasks.base import Task
 from tpo.tasks.box import format_box
 from tpo.tasks.registry import TaskSpec, register_task
@@ -57,8 +58,8 @@ class TrackTask(Task):
         return {"prompt_boxes": torch.where(has_box.any(0)[:, None], first, float("nan"))}
 
     def score(self, metric, predictions, rows, meta) -> None:
-        for i, m in enumerate(meta):
-            truth = cxcywh_to_px(rows["boxes"][i], image_size(m), "xywh").cpu()
+        for i in range(len(meta)):
+            truth = cxcywh_to_px(rows["boxes"][i], meta_size(meta, i), "xywh").cpu()
             missed = predictions[i] is None
             pred = torch.zeros_like(truth) if missed else predictions[i].boxes_xywh.float().cpu()
             metric.update(pred, truth, rows["visible"][i].cpu())
