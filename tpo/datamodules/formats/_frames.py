@@ -95,6 +95,21 @@ def read_label_maps(annotations: Sequence[str], size: tuple[int, int], first_fra
     return np.stack(labels)
 
 
+def check_frames_and_labels(
+    frames: np.ndarray, labels: np.ndarray, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``frames (T, H, W, 3)`` uint8 with ``T > 0`` and ``labels (T, H, W)`` as arrays, or a
+    ``ValueError`` naming ``where`` (``"sequence bear"``) and the shapes."""
+    frames, labels = np.asarray(frames), np.asarray(labels)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
+        raise ValueError(f"{where}: frames must be (T, H, W, 3) uint8 with T > 0, got "
+                         f"{frames.dtype} of shape {frames.shape}")
+    if labels.shape != frames.shape[:3]:
+        raise ValueError(f"{where}: labels of shape {labels.shape} for frames of shape "
+                         f"{frames.shape}; expected {frames.shape[:3]}")
+    return frames, labels
+
+
 def frame_size(path: str) -> tuple[int, int]:
     """``(height, width)`` of an image file, reading only its header."""
     try:

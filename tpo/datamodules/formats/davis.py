@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from tpo.datamodules.formats._frames import (
+    check_frames_and_labels,
     check_new_folders,
     frame_size,
     read_label_map,
@@ -102,13 +103,7 @@ def write(root: str | os.PathLike, name: str, frames: np.ndarray, labels: np.nda
         ValueError: naming the sequence: shapes that do not match, no object in the first frame,
             an object absent from the first frame, or folders of the sequence that already exist.
     """
-    frames, labels = np.asarray(frames), np.asarray(labels)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
-        raise ValueError(f"sequence {name}: frames must be (T, H, W, 3) uint8 with T > 0, got "
-                         f"{frames.dtype} of shape {frames.shape}")
-    if labels.shape != frames.shape[:3]:
-        raise ValueError(f"sequence {name}: labels of shape {labels.shape} for frames of shape "
-                         f"{frames.shape}; expected {frames.shape[:3]}")
+    frames, labels = check_frames_and_labels(frames, labels, f"sequence {name}")
     if labels.dtype.kind not in "ui" or labels.min() < 0 or labels.max() > 255:
         raise ValueError(f"sequence {name}: labels must be integer object ids in 0..255, got "
                          f"{labels.dtype} in [{labels.min()}, {labels.max()}]")

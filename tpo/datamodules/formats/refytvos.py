@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from tpo.datamodules.formats._frames import (
+    check_frames_and_labels,
     frame_size,
     read_label_maps,
     write_frames,
@@ -83,13 +84,7 @@ def write_video(root: str | os.PathLike, split: str, vid: str, frames: np.ndarra
     Raises:
         ValueError: naming the video: shapes that do not match (checked before writing).
     """
-    frames, labels = np.asarray(frames), np.asarray(labels)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
-        raise ValueError(f"video {vid}: frames must be (T, H, W, 3) uint8 with T > 0, got "
-                         f"{frames.dtype} of shape {frames.shape}")
-    if labels.shape != frames.shape[:3]:
-        raise ValueError(f"video {vid}: labels of shape {labels.shape} for frames of shape "
-                         f"{frames.shape}; expected {frames.shape[:3]}")
+    frames, labels = check_frames_and_labels(frames, labels, f"video {vid}")
     names = [f"{5 * i:05d}" for i in range(len(frames))]
     write_frames(os.path.join(root, split, "JPEGImages", vid), frames, [n + ".jpg" for n in names])
     anno_dir = os.path.join(root, split, "Annotations", vid)
