@@ -151,6 +151,16 @@ def _tensor(boxes: np.ndarray):
     return torch.as_tensor(np.asarray(boxes, dtype=np.float64))
 
 
+def _existing_folders(results_dir: str | Path, gt_root: str | Path, benchmark: str) -> str:
+    """``results_dir`` as a string, after checking that it and the ground-truth root are folders."""
+    results_dir = os.fspath(results_dir)
+    if not os.path.isdir(results_dir):
+        raise FileNotFoundError(f"--results {results_dir}: no such results folder")
+    if not os.path.isdir(gt_root):
+        raise FileNotFoundError(f"--gt {gt_root}: no such {benchmark} root folder")
+    return results_dir
+
+
 def eval_lasot(results_dir: str | Path, gt_root: str | Path, *,
                sequences: str | Path | None = None, ignore_absent: bool = False) -> dict:
     """LaSOT one-pass evaluation of ``results_dir/<seq>.txt`` (see the module docstring).
@@ -161,11 +171,7 @@ def eval_lasot(results_dir: str | Path, gt_root: str | Path, *,
     from tpo.datamodules.formats import lasot
     from tpo.metrics.track import TrackingSuccess
 
-    results_dir = os.fspath(results_dir)
-    if not os.path.isdir(results_dir):
-        raise FileNotFoundError(f"--results {results_dir}: no such results folder")
-    if not os.path.isdir(gt_root):
-        raise FileNotFoundError(f"--gt {gt_root}: no such LaSOT root folder")
+    results_dir = _existing_folders(results_dir, gt_root, "LaSOT")
     samples = lasot.read(gt_root, sequences)
     if not samples:
         raise ValueError(f"--gt {gt_root}: no LaSOT sequence found")
@@ -227,11 +233,7 @@ def eval_got10k(results_dir: str | Path, gt_root: str | Path, *, split: str = "v
     from tpo.datamodules.formats import got10k
     from tpo.metrics.track import GOT10kMetrics
 
-    results_dir = os.fspath(results_dir)
-    if not os.path.isdir(results_dir):
-        raise FileNotFoundError(f"--results {results_dir}: no such results folder")
-    if not os.path.isdir(gt_root):
-        raise FileNotFoundError(f"--gt {gt_root}: no such GOT-10k root folder")
+    results_dir = _existing_folders(results_dir, gt_root, "GOT-10k")
     samples = got10k.read(gt_root, split)
     if not samples:
         raise ValueError(f"--gt {gt_root}: no GOT-10k sequence in split {split!r}")
