@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 
     from tpo.backbones.base import BackboneOutput
 
-__all__ = ["Task"]
+__all__ = ["Task", "frame_options"]
+
+
+def frame_options(num_frames: int | None, sampling: str | None) -> dict[str, Any]:
+    """The video datasets' ``num_frames`` / ``sampling`` keyword arguments that are set."""
+    return {k: v for k, v in (("num_frames", num_frames), ("sampling", sampling)) if v is not None}
 
 
 class Task:
@@ -134,8 +139,7 @@ class Task:
         """The task dataset of ``samples`` (records of :mod:`tpo.datamodules.samples`);
         ``num_frames`` / ``sampling`` apply to video tasks, ``options`` go to the dataset."""
         self._needs_head("dataset")
-        frames = {k: v for k, v in (("num_frames", num_frames), ("sampling", sampling)) if v is not None}
-        return self.dataset_class(samples, **frames, **options)
+        return self.dataset_class(samples, **frame_options(num_frames, sampling), **options)
 
     def read_synthetic(self, data: Any, split: str) -> list:
         """This task's samples of a :class:`~tpo.datamodules.synthetic.SyntheticDataset` split

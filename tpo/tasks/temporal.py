@@ -15,7 +15,7 @@ from tpo.datamodules.formats import qvhighlights
 from tpo.heads import TemporalGroundingHead
 from tpo.metrics import MomentRetrieval
 from tpo.ops import span_cxw_to_se
-from tpo.tasks.base import Task
+from tpo.tasks.base import Task, frame_options
 from tpo.tasks.registry import TaskSpec, register_task
 
 __all__ = ["TemporalTask"]
@@ -74,8 +74,7 @@ class TemporalTask(Task):
         """A :class:`MomentDataset`; its videos are ``<media_root>/<vid>.mp4``."""
         if not media_root:
             raise ValueError("temporal datasets need media_root (the folder of the videos)")
-        frames = {k: v for k, v in (("num_frames", num_frames), ("sampling", sampling)) if v is not None}
-        return MomentDataset(samples, media_root, **frames, **options)
+        return MomentDataset(samples, media_root, **frame_options(num_frames, sampling), **options)
 
     def read_synthetic(self, data, split: str) -> list:
         return qvhighlights.read(data.path(split, self.name), clip_len=1.0 / data.fps)
