@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--modality-adaptive"]], ids=["plain", "modality_adaptive"])
+@pytest.mark.parametrize("extra", [[], ["--modality-adaptive", "--no-progress"]],
+                         ids=["plain", "modality_adaptive"])
 def test_tpo_demo_runs_offline_and_writes_metrics_and_plots(tmp_path, extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
         [sys.executable, "-m", "tpo.cli", "demo", "--out", str(tmp_path), "--minutes", "0.4",
-         "--videos", "24", "--batch-size", "8", "--no-progress", *extra],
+         "--videos", "24", "--batch-size", "8", *extra],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -31,6 +33,8 @@ def test_tpo_demo_runs_offline_and_writes_metrics_and_plots(tmp_path, extra):
     for plot in ("losses.png", "temporal_timeline.png", "boxes.png", "tracking.png", "masks.png"):
         assert (tmp_path / plot).stat().st_size > 1000, plot
     assert "held-out metrics" in result.stdout and "chance" in result.stdout
+    progress_lines = re.findall(r"^fit: second \d+/\d+ \(\d+%\).*loss", result.stderr, re.MULTILINE)
+    assert len(progress_lines) >= (0 if "--no-progress" in extra else 3), result.stderr[-2000:]
     history = metrics["language"]["train loss first→last"]
     assert history["value"] < history["chance"]  # the language loss falls while it trains
     for task, name in (("temporal", "R1@0.5"), ("box", "acc@0.5"), ("track", "success"),

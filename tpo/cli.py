@@ -202,6 +202,19 @@ def _lightning_classes() -> tuple[type, type]:
             section = config[self.subcommand] if self.subcommand is not None else config
             check_data_paths(section.get("data"))
 
+        def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+            """The trainer; outside a terminal Lightning's tqdm bar is replaced by one that prints
+            lines (:class:`tpo.progress.LineProgressBar`)."""
+            from lightning.pytorch.callbacks import TQDMProgressBar
+
+            from tpo.progress import LineProgressBar, is_terminal
+
+            trainer = super().instantiate_trainer(**kwargs)
+            if not is_terminal():
+                trainer.callbacks[:] = [LineProgressBar() if type(c) is TQDMProgressBar else c
+                                        for c in trainer.callbacks]
+            return trainer
+
     return DeferredSaveConfig, TPOLightningCLI
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from lightning import Callback, Trainer
 
+from tpo.progress import progress_bar_callback
 from tpo.tasks import get_task
 
 __all__ = ["DEMO_DATA", "DEMO_MODEL", "HEADLINE_METRICS", "demo_main", "run_demo"]
@@ -253,7 +254,7 @@ def _run_demo_in(
     history = LossHistory()
     trainer = _make_trainer(
         max_time={"seconds": int(minutes * 60)},
-        callbacks=[history],
+        callbacks=[history, *([progress_bar_callback()] if progress else [])],
         log_every_n_steps=10,
         enable_progress_bar=progress,
         limit_val_batches=0,

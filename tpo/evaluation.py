@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tpo.datamodules.collate import TaskCollator
 from tpo.datamodules.multitask import synthetic_task_dataset
 from tpo.datamodules.synthetic import SyntheticDataset
+from tpo.progress import progress as progress_counter
 from tpo.tasks import BUILTIN_TASKS, get_task
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ def evaluate_predictor(
         this task, "n": number of questions}}``; metrics as :mod:`tpo.metrics` computes them
         (temporal ``R1@0.5`` / ``mIoU``, box ``acc@0.5``, track ``success``, mask ``J&F``...).
     """
-    from tqdm.auto import tqdm
-
     data = SyntheticDataset.load(root)
     if split not in data.files:
         raise ValueError(f"split: {root} has splits {sorted(data.files)}, not {split!r}")
@@ -56,7 +55,7 @@ def evaluate_predictor(
         task_obj = get_task(task)
         metric = task_obj.make_metric()
         called = 0
-        bar = tqdm(total=count, desc=f"predict {task}", disable=not progress, leave=False)
+        bar = progress_counter(count, f"predict {task}", disable=not progress)
         for start in range(0, count, batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, count))]
             answers = predictor.predict_items(items, **generate_kwargs)

@@ -58,7 +58,8 @@ class Predictor:
         num_frames: frames read from a video (path or array), sampled with ``sampling``.
         sampling: ``"uniform"`` (as the validation datasets) or ``"middle"``.
         fps: frame rate assumed for videos given as arrays (their timestamps are ``index / fps``).
-        chat: the chat format the model was trained with (default :class:`ChatFormat`).
+        chat: the chat format the model was trained with (default: the backbone's,
+            :meth:`~tpo.backbones.Backbone.chat_format`).
         max_new_tokens: generation length limit.
         backend: :class:`~tpo.datamodules.VideoReader` backend for video files.
     """
@@ -76,7 +77,7 @@ class Predictor:
             raise ValueError(f"max_new_tokens: expected a positive value, got {max_new_tokens}")
         self.reader = MediaReader(num_frames=num_frames, sampling=sampling, fps=fps, backend=backend)
         self.module = module.eval()
-        self.chat = chat or ChatFormat()
+        self.chat = chat or module.backbone.chat_format()
         self.max_new_tokens = max_new_tokens
         self.collator = TaskCollator.from_backbone(module.backbone, chat=self.chat, generation=True,
                                                    padding_side="left")

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tpo.backbones.lora import is_lora_parameter
+from tpo.chat import ChatFormat, chat_format_from_template
 from tpo.tokens import TaskGather, TaskTokens
 
 __all__ = [
@@ -59,6 +60,11 @@ class BackboneOutput:
         visual_grid: ``(h, w)`` of the patch grid behind ``N``.
         frames: ``(B, T, 3, H, W)`` the normalised frames the vision tower read, aligned with
             ``visual`` (for heads that want pixels, e.g. a mask head's high-resolution skips).
+        temporal_stride: sampled frames per step of ``visual``'s ``T`` axis: 1 when every frame
+            has its own tokens; Qwen-VL's temporal patch gives 2 (step ``t`` covers frames
+            ``2t, 2t + 1``, a clip of odd length padded with its last frame).
+        num_frames: ``(B,)`` long, the sampled frames of each sample behind its ``visual`` steps
+            (needed when ``temporal_stride > 1``; ``None``: ``visual_mask``'s counts).
         tasks: ``{task: TaskGather}`` hidden states at each task's placeholder tokens.
     """
 
@@ -69,7 +75,24 @@ class BackboneOutput:
     visual_mask: Tensor | None = None
     visual_grid: tuple[int, int] | None = None
     frames: Tensor | None = None
+    temporal_stride: int = 1
+    num_frames: Tensor | None = None
     tasks: dict[str, TaskGather] = field(default_factory=dict)
+
+    def per_frame(self) -> tuple[Tensor, Tensor]:
+        """``visual`` and its mask with one step per sampled frame, as the heads read them:
+        ``(B, F, N, D_v)`` and ``(B, F)`` bool, ``F = max(num_frames)``; each step of a
+        ``temporal_stride > 1`` backbone is repeated for the frames it covers."""
+        if self.visual is None or self.visual_mask is None:
+            raise ValueError("backbone output: no visual tokens (a text-only batch)")
+        if self.temporal_stride == 1:
+            return self.visual, self.visual_mask
+        if self.num_frames is None:
+            raise ValueError(f"backbone output: temporal_stride {self.temporal_stride} without num_frames")
+        frames = int(self.num_frames.max())
+        visual = self.visual.repeat_interleave(self.temporal_stride, dim=1)[:, :frames]
+        mask = torch.arange(frames, device=visual.device)[None] < self.num_frames.to(visual.device)[:, None]
+        return visual, mask
 
 
 def group_frames(features: Tensor, counts: list[int], *, name: str) -> tuple[Tensor, Tensor]:
@@ -130,6 +153,11 @@ class Backbone(nn.Module):
     def language_model(self) -> nn.Module:
         """The module whose input embeddings carry the task tokens (has ``get_input_embeddings``)."""
         raise NotImplementedError
+
+    def chat_format(self) -> ChatFormat:
+        """The format prompts are written in: the one of the processor's chat template
+        (:func:`~tpo.chat.chat_format_from_template`), LLaVA-1.5's without a template."""
+        return chat_format_from_template(self.processor) or ChatFormat()
 
     def enable_modality_adaptive(self, num_modalities: int = 2):
         """Give the LLM mPLUG-Owl2's modality-adaptive layers (per-modality norms and k/v

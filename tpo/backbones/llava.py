@@ -52,6 +52,14 @@ class LlavaFamilyProcessor:
     def tokenizer(self):
         return self.processor.tokenizer
 
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.processor, "chat_template", None)
+
+    def apply_chat_template(self, conversation: list[dict], **kwargs) -> Any:
+        """The wrapped processor's ``apply_chat_template``."""
+        return self.processor.apply_chat_template(conversation, **kwargs)
+
     def __call__(
         self,
         text: list[str] | str,

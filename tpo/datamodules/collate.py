@@ -26,31 +26,16 @@ Batch (``B`` samples, ``L`` tokens):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from tpo.chat import ChatFormat
 from tpo.tasks import get_task
 
 __all__ = ["ChatFormat", "TaskCollator"]
 
 VIDEO_MARKER, IMAGE_MARKER = "<video>", "<image>"
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """How turns become text: ``system + user + instruction + assistant + " " + answer + eos``,
-    turns joined by ``turn_end``. The default is LLaVA-1.5's ``USER: ... ASSISTANT: ...``.
-
-    ``assistant`` must not end in a space: the answer brings its own leading space, so the
-    prompt tokenises the same alone and followed by the answer.
-    """
-
-    system: str = ""
-    user: str = "USER: "
-    assistant: str = " ASSISTANT:"
-    turn_end: str = "\n"
 
 
 def _to_tensor(x, dtype=None) -> torch.Tensor:
@@ -96,7 +81,7 @@ class TaskCollator:
         keep_media: bool = False,
     ) -> None:
         if chat is not None and chat.assistant.endswith(" "):
-            raise ValueError("chat.assistant must not end with a space (the answer starts with one)")
+            raise ValueError("chat.assistant must not end with a space (put it in chat.answer_lead)")
         if padding_side not in (None, "left", "right"):
             raise ValueError(f"padding_side: expected 'left', 'right' or None, got {padding_side!r}")
         self.processor = processor
@@ -110,7 +95,9 @@ class TaskCollator:
 
     @classmethod
     def from_backbone(cls, backbone, **kwargs) -> TaskCollator:
-        """A collator for ``backbone.processor`` and ``backbone.tokenizer``."""
+        """A collator for ``backbone.processor`` and ``backbone.tokenizer``, in the backbone's chat
+        format (:meth:`~tpo.backbones.Backbone.chat_format`) unless ``chat`` is given."""
+        kwargs["chat"] = kwargs.get("chat") or backbone.chat_format()
         return cls(processor=backbone.processor, tokenizer=backbone.tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ text
@@ -141,7 +128,9 @@ class TaskCollator:
             raise ValueError(
                 f"sample {item.get('id')}: the text has {count} media markers for media {expected}"
             )
-        eos = (self.tokenizer.eos_token or "") if self.add_eos else ""
+        eos = self.chat.answer_end if self.chat.answer_end is not None else self.tokenizer.eos_token or ""
+        if not self.add_eos:
+            eos = ""
         pieces = [(self.chat.system, False)]
         for j, (user, answer) in enumerate(turns):
             if marker == VIDEO_MARKER:
@@ -152,7 +141,7 @@ class TaskCollator:
             last = j == len(turns) - 1
             if last and self.generation:
                 break
-            pieces.append((" " + answer.strip() + eos, True))
+            pieces.append((self.chat.answer_lead + answer.strip() + eos, True))
             if not last:
                 pieces.append((self.chat.turn_end, False))
         return [(text, target) for text, target in pieces if text]

@@ -39,7 +39,8 @@ class MaskTask(Task):
 
     def head_inputs(self, out, index, head) -> dict:
         height, width = out.visual_grid
-        inputs = {"image": out.visual[index].unflatten(2, (height, width)).permute(0, 1, 4, 2, 3)}
+        visual = out.per_frame()[0][index]
+        inputs = {"image": visual.unflatten(2, (height, width)).permute(0, 1, 4, 2, 3)}
         if getattr(head, "high_res_dims", None) is not None:
             if out.frames is None:
                 raise ValueError("mask head: high_res_dims is set but the backbone gave no frames")

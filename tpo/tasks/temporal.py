@@ -42,7 +42,8 @@ class TemporalTask(Task):
         return MomentRetrieval(r1_thresholds=(0.3, 0.5, 0.7))
 
     def head_inputs(self, out, index, head) -> dict:
-        return {"video": out.visual[index], "video_mask": out.visual_mask[index],
+        visual, mask = out.per_frame()
+        return {"video": visual[index], "video_mask": mask[index],
                 "grid_size": out.visual_grid}
 
     def pack_targets(self, targets: Sequence[Mapping[str, Any]], ids: Sequence[Any]) -> dict[str, Any]:

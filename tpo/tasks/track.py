@@ -42,7 +42,7 @@ class TrackTask(Task):
         return TrackingSuccess()
 
     def head_inputs(self, out, index, head) -> dict:
-        return {"frames": out.visual[index], "grid_size": out.visual_grid}
+        return {"frames": out.per_frame()[0][index], "grid_size": out.visual_grid}
 
     def batch_inputs(self, batch: Mapping[str, Any], index: Tensor) -> dict:
         """``prompt_boxes (n, 4)``: the first input box (``<track_box>``) of each sample in
