@@ -68,7 +68,7 @@ def _get(spec: Any, key: str) -> Any:
 
 
 def check_data_paths(data: Any) -> None:
-    """Fail before anything is built when a dataset of ``data.train`` / ``data.val`` names a
+    """Fail before anything is built when a dataset of ``data.train`` / ``val`` / ``predict`` names a
     ``path``, ``media_root`` or ``read_options.instances_path`` / ``durations`` that does not
     exist.
 
@@ -76,7 +76,7 @@ def check_data_paths(data: Any) -> None:
         FileNotFoundError: naming the config key and the path (relative paths are read from
             the working directory, which the message states).
     """
-    for split in ("train", "val"):
+    for split in ("train", "val", "predict"):
         datasets = _get(data, split)
         if not hasattr(datasets, "items"):
             continue

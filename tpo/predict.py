@@ -229,3 +229,11 @@ class Predictor:
             predictions.update({b: (name, p) for b, p in zip(index.tolist(), preds, strict=True)})
         return predictions
 
+    def write_submission(self, answers: Sequence[Answer], samples: Sequence[Any], *, benchmark: str,
+                         out: str | os.PathLike) -> Path:
+        """Write ``answers`` (``samples[i]`` identifies ``answers[i]``) as ``benchmark``'s submission
+        at ``out``, in the official layout: :func:`tpo.submission.write_submission`."""
+        from tpo.submission import write_submission
+
+        return write_submission(answers, samples, benchmark=benchmark, out=out)
+

@@ -42,6 +42,12 @@ __all__ = ["ConversationDataset", "MaskDataset", "MomentDataset", "RefDataset", 
 log = logging.getLogger(__name__)
 
 
+def frame_names(frames: Sequence[str]) -> list[str]:
+    """The names of a sequence's frame files without folder and extension (``00000`` for
+    ``.../00000.jpg``), as benchmark submissions name their per-frame outputs."""
+    return [os.path.splitext(os.path.basename(str(f)))[0] for f in frames]
+
+
 def resize_frames(frames: np.ndarray, size: tuple[int, int] | None, *, nearest: bool = False
                   ) -> np.ndarray:
     """Resize ``(T, H, W, C)`` uint8 frames (antialiased bilinear, as PIL's) or ``(T, H, W)``
@@ -178,7 +184,7 @@ class MomentDataset(TaskDataset):
                 "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
                 "target": {"spans": span_se_to_cxw(windows).numpy(),
                            "saliency": np.asarray(saliency, dtype=np.float32)},
-                "meta": {"vid": s.vid, "duration": s.duration,
+                "meta": {"vid": s.vid, "query": s.query, "duration": s.duration,
                          "frame_size": clip.frames.shape[1:3], "timestamps": clip.timestamps}}
 
 
@@ -246,7 +252,7 @@ class TrackDataset(TaskDataset):
                 "prompt_boxes": boxes[:1],
                 "target": {"boxes": boxes, "visible": visible},
                 "meta": {"frame_size": (h, w), "timestamps": clip.timestamps,
-                         "frame_indices": indices}}
+                         "frame_indices": indices, "frame_names": frame_names(s.frames)}}
 
 
 class MaskDataset(TaskDataset):
@@ -280,7 +286,7 @@ class MaskDataset(TaskDataset):
                 "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,
                 "target": {"masks": resize_frames(masks[indices], self.frame_size)},
                 "meta": {"frame_size": clip.frames.shape[1:3], "timestamps": clip.timestamps,
-                         "frame_indices": indices}}
+                         "frame_indices": indices, "frame_names": frame_names(s.frames)}}
 
 
 class ConversationDataset(TaskDataset):

@@ -218,6 +218,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         train: ``{name: TaskDataset | DatasetSpec}`` for training (specs, or dicts of their
             fields as YAML gives them, are read here).
         val: the same for validation (each sample once, in order), or ``None``.
+        predict: the same for ``tpo predict`` / ``Trainer.predict`` (each sample once, in order);
+            ``None``: the validation datasets.
         weights: ``{name: weight}`` sampling weights (default: proportional to sizes).
         batch_size: samples per batch (per process).
         num_workers: DataLoader workers; decoders are opened inside them.
@@ -239,6 +241,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def __init__(self, *, train: Mapping[str, TaskDataset | DatasetSpec],
                  val: Mapping[str, TaskDataset | DatasetSpec] | None = None,
+                 predict: Mapping[str, TaskDataset | DatasetSpec] | None = None,
                  weights: Mapping[str, float] | None = None, batch_size: int = 8,
                  num_workers: int = 0, samples_per_epoch: int | None = None, seed: int = 0,
                  backbone=None, collator: TaskCollator | None = None,
@@ -247,6 +250,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         super().__init__()
         self.train_set = MultiTaskDataset(_build(train))
         self.val_set = MultiTaskDataset(_build(val)) if val else None
+        self.predict_set = MultiTaskDataset(_build(predict)) if predict else self.val_set
         unknown = set(weights or {}) - set(train)
         if unknown:
             raise ValueError(f"weights: {sorted(unknown)} are not training datasets "
@@ -331,12 +335,21 @@ class MultiTaskDataModule(L.LightningDataModule):
         return self._loader(self.train_set, sampler, ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
+        return self._in_order(self.val_set)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        if self.predict_set is None:
+            raise ValueError("MultiTaskDataModule: nothing to predict; give predict= (or val=) datasets")
+        return self._in_order(self.predict_set)
+
+    def _in_order(self, dataset: MultiTaskDataset | None) -> DataLoader | list:
+        """Each sample of ``dataset`` once, in order, split over the processes."""
+        if dataset is None:
             return []
         rank, world = self._rank_world()
-        sampler = MultiTaskSampler(self.val_set.sizes, shuffle=False, seed=self.seed,
+        sampler = MultiTaskSampler(dataset.sizes, shuffle=False, seed=self.seed,
                                    num_replicas=world, rank=rank)
-        return self._loader(self.val_set, sampler)
+        return self._loader(dataset, sampler)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Count and log the samples the datasets skipped while loading this batch."""
