@@ -18,6 +18,8 @@ import torch
 
 from tpo.backbones import Backbone
 from tpo.backbones.tiny import TINY_LLAVA_KINDS, tiny_llava
+from tpo.backbones.tiny_internvl import tiny_internvl_model_and_processor
+from tpo.backbones.tiny_qwen_vl import TINY_QWEN_VL_KINDS, tiny_qwen_vl_model_and_processor
 from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
 from tpo.module import TPOModule
 from tpo.predict import Predictor
@@ -41,6 +43,9 @@ def _llava_pair(kind: str):
 
 def _families() -> dict:
     families = {kind: (lambda k=kind: _llava_pair(k)) for kind in TINY_LLAVA_KINDS}
+    families.update({kind: (lambda k=kind: tiny_qwen_vl_model_and_processor(k, vision_layers=1))
+                     for kind in TINY_QWEN_VL_KINDS})
+    families["internvl"] = lambda: tiny_internvl_model_and_processor(vision_layers=1)
     return families
 
 

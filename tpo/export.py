@@ -55,11 +55,27 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _storage_key(tensor: Tensor) -> tuple:
+    return tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
+
+
+def _export_keys(model: TaskModel) -> dict[str, Tensor]:
+    """The export's entries of ``model.state_dict()``, one name per tensor: of entries that are the
+    same tensor (a tied LM head's trainable-token delta is the input embedding's), the first."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        if is_head_key(key) and _storage_key(value) not in seen:
+            seen.add(_storage_key(value))
+            state[key] = value
+    return state
+
+
 def head_state(model: TaskModel) -> dict[str, Tensor]:
     """What :func:`save_heads` writes: heads, task tokens, query words, LoRA adapters and the
     task-token rows of the input embeddings and output projection (``token_rows.input`` /
-    ``token_rows.output``, ``(n_tokens, D)``), as contiguous CPU tensors."""
-    state = {k: v for k, v in model.state_dict().items() if is_head_key(k)}
+    ``token_rows.output``, ``(n_tokens, D)``), as contiguous CPU tensors; a tensor shared by
+    several entries (tied embeddings) is written once."""
+    state = _export_keys(model)
     rows = model.backbone.task_tokens.trainable_token_rows()
     for name, module in _token_row_modules(model):
         weight = getattr(module, "weight", None)
@@ -94,7 +110,7 @@ def load_heads(model: TaskModel, directory: str | Path) -> None:
     state = load_file(str(_existing(directory / HEADS_WEIGHTS)))
     rows = {k: state.pop(k) for k in list(state) if k.startswith("token_rows.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = sorted(k for k in missing if is_head_key(k))
+    missing = sorted(k for k in missing if k in _export_keys(model))
     if missing or unexpected:
         raise ValueError(
             f"{directory / HEADS_WEIGHTS}: missing {missing[:5]}, unexpected {unexpected[:5]} "

@@ -1,9 +1,15 @@
-"""Generation with task calls on a LLaVA-family backbone: prefill, ``generate``, one placeholder step.
+"""Generation with task calls: prefill, ``generate``, one placeholder step.
+
+Any backbone that encodes its media apart from the LLM (``encode_visual`` -> an
+:class:`~tpo.backbones.base.EncodedVisual`, the model taking ``mm_encoder_outputs``) generates
+here: LLaVA, Qwen-VL and InternVL. Positions come from the backbone (:meth:`Backbone.position_ids`:
+``(B, L)``, or Qwen's M-RoPE ``(3, B, L)``), so every step numbers tokens as training does.
 
 The data flow of :func:`generate_with_tasks` for a left-padded batch of ``B`` prompts of length
 ``L`` (the collator's generation batch)::
 
     batch --encode_visual--> mm features (for the LLM), visual (B, T, N, D_v) (for the heads)
+    batch --position_ids--> positions (..., B, L)
     prompt[:, :-1] --lm_forward (<track_box> embeddings injected)--> cache
     cache, prompt --model.generate (greedy; eos and task-begin tokens stop)--> new (B, n), cache
     cache, [new[:, -1], placeholder] --model, one step--> hidden (B, 2, D)
@@ -19,6 +25,7 @@ the only per-token loop is ``generate``'s own.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tpo.backbones.base import BackboneOutput
-from tpo.backbones.llava import LlavaBackbone
+from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.tokens import TaskGather
 
 __all__ = ["Generation", "PLACEHOLDER_STEP", "UNSUPPORTED_GENERATE", "check_generate_kwargs",
@@ -77,20 +83,18 @@ def check_generate_kwargs(generate_kwargs: Mapping[str, Any]) -> None:
                          "sequence per question, task-begin tokens stop it)")
 
 
-def special_input_ids(backbone: LlavaBackbone) -> list[int]:
+def special_input_ids(backbone: Backbone) -> list[int]:
     """Media and input-box token ids: never generated, never last in a prompt."""
-    boxes = backbone.task_tokens.input_ids_of_boxes.tolist()
-    ids = [backbone.image_token_id, backbone.video_token_id, *boxes]
-    return [i for i in ids if i is not None]
+    return [*backbone.media_token_ids(), *backbone.task_tokens.input_ids_of_boxes.tolist()]
 
 
 @torch.no_grad()
-def generate_with_tasks(backbone: LlavaBackbone, batch: Mapping[str, Any], *, max_new_tokens: int,
+def generate_with_tasks(backbone: Backbone, batch: Mapping[str, Any], *, max_new_tokens: int,
                         **generate_kwargs) -> Generation:
     """Generate answers for a left-padded batch and compute the task embedding of each task call.
 
     Args:
-        backbone: a LLaVA-family backbone with task tokens.
+        backbone: a backbone with task tokens and ``encode_visual`` (see the module docstring).
         batch: the collator's generation batch (``input_ids (B, L)``, ``attention_mask (B, L)``,
             ``prompt_boxes (K, 4)``, pixel values), on the backbone's device.
         max_new_tokens: generation length limit (``generate_kwargs`` may override it).
@@ -98,8 +102,10 @@ def generate_with_tasks(backbone: LlavaBackbone, batch: Mapping[str, Any], *, ma
             default. Media, placeholder and input-box tokens are always suppressed.
     """
     check_generate_kwargs(generate_kwargs)
-    mm, visual, visual_mask, frames = backbone.encode_visual(batch)
-    new, cache = _generate(backbone, batch, mm, {"max_new_tokens": max_new_tokens, **generate_kwargs})
+    encoded = backbone.encode_visual(batch)
+    positions = backbone.position_ids(batch)
+    new, cache = _generate(backbone, batch, encoded.mm_encoder_outputs, positions,
+                           {"max_new_tokens": max_new_tokens, **generate_kwargs})
     begin_ids = backbone.task_tokens.begin_ids
     stops = torch.isin(new, torch.cat([begin_ids, begin_ids.new_tensor([backbone.tokenizer.eos_token_id])]))
     stop_at = torch.where(stops.any(1), stops.long().argmax(1), new.shape[1] - 1)  # (B,)
@@ -107,9 +113,8 @@ def generate_with_tasks(backbone: LlavaBackbone, batch: Mapping[str, Any], *, ma
     calls, task_index = is_begin.any(1), is_begin.long().argmax(1)
     out = None
     if bool(calls.any()):
-        out = _task_step(backbone, cache, new, batch["attention_mask"], stop_at, task_index)
-        out.visual, out.visual_mask, out.frames = visual, visual_mask, frames
-        out.visual_grid = backbone.grid_size(visual.shape[2]) if visual is not None else None
+        out = _task_step(backbone, cache, new, batch["attention_mask"], positions, stop_at, task_index)
+        out = dataclasses.replace(out, **encoded.fields)
         for t, name in enumerate(backbone.task_tokens.task_names):
             rows = (calls & (task_index == t)).nonzero().flatten()
             position = torch.full_like(rows, PLACEHOLDER_STEP)
@@ -117,7 +122,7 @@ def generate_with_tasks(backbone: LlavaBackbone, batch: Mapping[str, Any], *, ma
     return Generation(tokens=new, stop_at=stop_at, calls=calls, task_index=task_index, out=out)
 
 
-def _generate(backbone: LlavaBackbone, batch: Mapping[str, Any], mm: dict, kwargs: dict
+def _generate(backbone: Backbone, batch: Mapping[str, Any], mm: dict, positions: Tensor, kwargs: dict
               ) -> tuple[Tensor, Any]:
     """Run the prompt but its last token through the LLM (media features from ``mm``, input boxes
     injected), then ``generate`` from that cache.
@@ -134,10 +139,9 @@ def _generate(backbone: LlavaBackbone, batch: Mapping[str, Any], mm: dict, kwarg
     if torch.isin(input_ids[:, -1], input_ids.new_tensor(special)).any():
         raise ValueError("prompt: ends in a media or input-box token; the chat format must end "
                          "the prompt with text (the assistant prefix)")
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded prompts
     prefix = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1],
               "prompt_boxes": batch["prompt_boxes"]}
-    prefill = backbone.lm_forward(prefix, mm_encoder_outputs=mm or None, position_ids=positions[:, :-1],
+    prefill = backbone.lm_forward(prefix, mm_encoder_outputs=mm or None, position_ids=positions[..., :-1],
                                   use_cache=True)
     eos = tokenizer.eos_token_id
     pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
@@ -145,7 +149,7 @@ def _generate(backbone: LlavaBackbone, batch: Mapping[str, Any], mm: dict, kwarg
     never = {*special, *tokens.placeholder_ids.tolist(), *kwargs.get("suppress_tokens", [])}
     kwargs["suppress_tokens"] = sorted(never)
     generated = backbone.model.generate(
-        input_ids=input_ids, attention_mask=mask, cache=prefill.cache,
+        input_ids=input_ids, attention_mask=mask, cache=prefill.cache, position_ids=positions,
         eos_token_id=[eos, *tokens.begin_ids.tolist()], pad_token_id=pad, return_dict_in_generate=True,
         **kwargs,
     )
@@ -158,8 +162,8 @@ def _generate(backbone: LlavaBackbone, batch: Mapping[str, Any], mm: dict, kwarg
     return new, cache
 
 
-def _task_step(backbone: LlavaBackbone, cache: Any, new: Tensor, mask: Tensor, stop_at: Tensor,
-               task_index: Tensor) -> BackboneOutput:
+def _task_step(backbone: Backbone, cache: Any, new: Tensor, mask: Tensor, positions: Tensor,
+               stop_at: Tensor, task_index: Tensor) -> BackboneOutput:
     """One forward on ``generate``'s cache: the last generated token (not yet in the cache) and
     each sample's placeholder token, which attends to the prompt and to the generated tokens up to
     its task-begin token.
@@ -168,6 +172,7 @@ def _task_step(backbone: LlavaBackbone, cache: Any, new: Tensor, mask: Tensor, s
         cache: the prompt and ``new[:, :-1]``.
         new: ``(B, n)`` generated tokens.
         mask: ``(B, L)`` the prompt's attention mask (left padding).
+        positions: ``(..., B, L)`` the prompt's positions (:meth:`Backbone.position_ids`).
         stop_at: ``(B,)`` index in ``new`` of each sample's task-begin token.
         task_index: ``(B,)`` each sample's task.
 
@@ -179,8 +184,9 @@ def _task_step(backbone: LlavaBackbone, cache: Any, new: Tensor, mask: Tensor, s
     step_ids = torch.stack([new[:, -1], backbone.task_tokens.placeholder_ids[task_index]], 1)
     seen = torch.arange(width, device=new.device)[None] <= stop_at[:, None]  # (B, n)
     full_mask = torch.cat([mask, seen.to(mask.dtype), torch.ones_like(mask[:, :1])], 1)
-    prompt_len = mask.sum(1)
-    positions = torch.stack([prompt_len + width - 1, prompt_len + stop_at + 1], 1)
-    out = backbone.model(input_ids=step_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                         use_cache=True, output_hidden_states=True, return_dict=True)
+    # the last generated token sits at width - 1 after the prompt, the placeholder after the begin token
+    offsets = torch.stack([torch.full_like(stop_at, width), stop_at + 2], 1)  # (B, 2)
+    step_positions = positions[..., -1:] + offsets
+    out = backbone.model(input_ids=step_ids, attention_mask=full_mask, position_ids=step_positions,
+                         cache=cache, use_cache=True, output_hidden_states=True, return_dict=True)
     return BackboneOutput(loss=None, logits=out.logits, hidden_states=out.hidden_states[-1])

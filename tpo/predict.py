@@ -17,7 +17,8 @@ Example::
     predictor.predict("clip.mp4", "Follow the red circle starting from <track_box>.",
                       box=[3, 4, 12, 13]).track            # (T, 4) xywh pixels
 
-Only LLaVA-family backbones (:class:`~tpo.backbones.LlavaBackbone`) generate here.
+Backbones that encode their media apart from the LLM generate here (``encode_visual``: LLaVA,
+Qwen-VL, InternVL; not VideoChat, whose Q-Former tokens are part of its LLM input).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from torch import Tensor
 
 from tpo.answer import Answer, answer_text, make_answer
 from tpo.backbones.base import Backbone, BackboneOutput
-from tpo.backbones.llava import LlavaBackbone
 from tpo.backbones.lora import without_adapters
 from tpo.datamodules.collate import ChatFormat, TaskCollator
 from tpo.evaluation import evaluate_predictor
@@ -54,7 +54,8 @@ class Predictor:
 
     Args:
         module: the trained module (put in eval mode; predictions run without gradients). Its
-            backbone must be a :class:`~tpo.backbones.LlavaBackbone`.
+            backbone must encode its media apart from the LLM (``encode_visual``: LLaVA, Qwen-VL,
+            InternVL).
         num_frames: frames read from a video (path or array), sampled with ``sampling``.
         sampling: ``"uniform"`` (as the validation datasets) or ``"middle"``.
         fps: frame rate assumed for videos given as arrays (their timestamps are ``index / fps``).
@@ -66,10 +67,10 @@ class Predictor:
 
     def __init__(self, module: TPOModule, *, num_frames: int = 8, sampling: str = "uniform", fps: float = 1.0,
                  chat: ChatFormat | None = None, max_new_tokens: int = 32, backend: str = "auto") -> None:
-        if not isinstance(module.backbone, LlavaBackbone):
+        if not callable(getattr(module.backbone, "encode_visual", None)):
             raise ValueError(
-                f"module.backbone: Predictor generates with LLaVA-family backbones "
-                f"(LlavaBackbone), got {type(module.backbone).__name__}"
+                "module.backbone: Predictor generates with backbones that encode their media apart from "
+                f"the LLM (encode_visual: LLaVA, Qwen-VL, InternVL), got {type(module.backbone).__name__}"
             )
         if module.backbone.task_tokens is None:
             raise ValueError("module.backbone: has no task tokens")
@@ -99,7 +100,7 @@ class Predictor:
         return self.reader.backend
 
     @property
-    def backbone(self) -> LlavaBackbone:
+    def backbone(self) -> Backbone:
         return self.module.backbone
 
     @property

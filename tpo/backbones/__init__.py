@@ -11,14 +11,20 @@ from tpo.backbones.base import (
     register_backbone,
     registered_model_types,
 )
+from tpo.backbones.internvl import InternVLBackbone, InternVLFamilyProcessor
 from tpo.backbones.llava import LlavaBackbone, LlavaFamilyProcessor
+from tpo.backbones.qwen_vl import QwenVLBackbone, QwenVLProcessor
 from tpo.backbones.videochat import VideoChatBackbone, VideoChatProcessor, VisionTower
 
 __all__ = [
     "Backbone",
     "BackboneOutput",
+    "InternVLBackbone",
+    "InternVLFamilyProcessor",
     "LlavaBackbone",
     "LlavaFamilyProcessor",
+    "QwenVLBackbone",
+    "QwenVLProcessor",
     "VideoChatBackbone",
     "VideoChatProcessor",
     "VisionTower",

@@ -10,7 +10,7 @@ Each model family registers its class for the ``model_type`` values it serves
 (:func:`register_backbone`); :meth:`Backbone.from_pretrained` asks the registry
 (:func:`backbone_class`) with the ``model_type`` of the folder's ``tpo_backbone.json`` or, for a
 plain Hugging Face folder, of its ``config.json``. ``import tpo.backbones`` registers the
-built-in families (LLaVA, VideoChat).
+built-in families (LLaVA, Qwen-VL, InternVL, VideoChat).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tpo.tokens import TaskGather, TaskTokens
 __all__ = [
     "Backbone",
     "BackboneOutput",
+    "EncodedVisual",
     "backbone_class",
     "group_frames",
     "register_backbone",
@@ -58,8 +59,8 @@ class BackboneOutput:
             ``D_v`` = the backbone's :attr:`Backbone.visual_dim`; ``None`` for a text-only batch.
         visual_mask: ``(B, T)`` bool, True for real frames (samples with fewer frames are padded).
         visual_grid: ``(h, w)`` of the patch grid behind ``N``.
-        frames: ``(B, T, 3, H, W)`` the normalised frames the vision tower read, aligned with
-            ``visual`` (for heads that want pixels, e.g. a mask head's high-resolution skips).
+        frames: ``(B, F, 3, H, W)`` the normalised frames the vision tower read, aligned with
+            :meth:`per_frame` (for heads that want pixels, e.g. a mask head's high-resolution skips).
         temporal_stride: sampled frames per step of ``visual``'s ``T`` axis: 1 when every frame
             has its own tokens; Qwen-VL's temporal patch gives 2 (step ``t`` covers frames
             ``2t, 2t + 1``, a clip of odd length padded with its last frame).
@@ -93,6 +94,22 @@ class BackboneOutput:
         visual = self.visual.repeat_interleave(self.temporal_stride, dim=1)[:, :frames]
         mask = torch.arange(frames, device=visual.device)[None] < self.num_frames.to(visual.device)[:, None]
         return visual, mask
+
+
+@dataclass
+class EncodedVisual:
+    """A batch's media encoded once (a backbone's ``encode_visual``), for the LLM and the heads.
+
+    Attributes:
+        mm_encoder_outputs: ``{"image": ..., "video": ...}`` the model's own encoder outputs, for
+            its ``mm_encoder_outputs`` argument (empty for a text-only batch).
+        fields: the media's :class:`BackboneOutput` fields — ``visual``, ``visual_mask``,
+            ``visual_grid``, ``frames`` and, where a family sets them, ``temporal_stride`` and
+            ``num_frames`` (empty for a text-only batch).
+    """
+
+    mm_encoder_outputs: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def group_frames(features: Tensor, counts: list[int], *, name: str) -> tuple[Tensor, Tensor]:
@@ -158,6 +175,20 @@ class Backbone(nn.Module):
         """The format prompts are written in: the one of the processor's chat template
         (:func:`~tpo.chat.chat_format_from_template`), LLaVA-1.5's without a template."""
         return chat_format_from_template(self.processor) or ChatFormat()
+
+    def position_ids(self, batch: Mapping[str, Any]) -> Tensor:
+        """The positions of the batch's tokens as the LLM numbers them: ``(B, L)``, counting the
+        attended tokens (left padding skipped), as ``generate`` numbers a left-padded prompt; a
+        family with multi-axis positions (Qwen's M-RoPE) returns ``(..., B, L)``. Tokens after the
+        batch continue at ``position_ids[..., -1:] + 1``."""
+        mask = self.require(batch, "attention_mask")
+        return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def media_token_ids(self) -> list[int]:
+        """Ids of the tokens that stand for media in the text (the placeholders a processor expands,
+        and a family's markers around them): never generated, never last in a prompt."""
+        ids = (getattr(self, "image_token_id", None), getattr(self, "video_token_id", None))
+        return [i for i in ids if i is not None]
 
     def enable_modality_adaptive(self, num_modalities: int = 2):
         """Give the LLM mPLUG-Owl2's modality-adaptive layers (per-modality norms and k/v

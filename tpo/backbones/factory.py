@@ -14,6 +14,8 @@ from typing import Any
 from tpo.arguments import unknown_arguments
 from tpo.backbones.base import Backbone
 from tpo.backbones.tiny import tiny_llava, tiny_videochat
+from tpo.backbones.tiny_internvl import tiny_internvl
+from tpo.backbones.tiny_qwen_vl import tiny_qwen_vl
 
 __all__ = ["BACKBONE_BUILDERS", "create_backbone", "register_builder"]
 
@@ -21,6 +23,8 @@ __all__ = ["BACKBONE_BUILDERS", "create_backbone", "register_builder"]
 BACKBONE_BUILDERS: dict[str, Callable[..., Backbone]] = {
     "tiny_llava": tiny_llava,
     "tiny_videochat": tiny_videochat,
+    "tiny_internvl": tiny_internvl,
+    "tiny_qwen_vl": tiny_qwen_vl,
 }
 
 
@@ -36,7 +40,7 @@ def create_backbone(spec: Backbone | Mapping[str, Any]) -> Backbone:
     Specs:
         ``{"name": "tiny_llava", "kind": "llava_onevision", ...}`` — a registered builder;
         ``{"pretrained": dir, "tasks": [...]}`` — a folder written by ``Backbone.save_pretrained``
-        or a plain Hugging Face folder of a registered ``model_type`` (LLaVA family); task tokens
+        or a plain Hugging Face folder of a registered ``model_type`` (LLaVA, Qwen-VL, InternVL); task tokens
         are attached when it has none. Other keys go to the model's ``from_pretrained``.
         Either may add ``"modality_adaptive": true`` (or a number of modalities) for mPLUG-Owl2's
         modality-adaptive layers.

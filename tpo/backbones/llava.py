@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
-from tpo.backbones.base import Backbone, BackboneOutput, group_frames, register_backbone
+from tpo.backbones.base import Backbone, BackboneOutput, EncodedVisual, group_frames, register_backbone
 from tpo.tokens import TaskTokens
 
 __all__ = ["LlavaBackbone", "LlavaFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
@@ -240,15 +240,14 @@ class LlavaBackbone(Backbone):
             )
         return counts
 
-    def encode_visual(
-        self, batch: dict
-    ) -> tuple[dict[str, Any], Tensor | None, Tensor | None, Tensor | None]:
-        """Encode the batch's images and videos.
+    def encode_visual(self, batch: dict) -> EncodedVisual:
+        """Encode the batch's images and videos once.
 
         Returns:
-            ``mm_encoder_outputs`` for the model, ``visual (B, T, N, D)``, ``visual_mask (B, T)`` and
-            the normalised ``frames (B, T, 3, H, W)`` the vision tower read (base crop of an image);
-            ``None`` for a text-only batch, and ``frames`` also where image and video sizes differ.
+            ``mm_encoder_outputs`` for the model and the fields ``visual (B, T, N, D)``,
+            ``visual_mask (B, T)``, ``visual_grid`` and the normalised ``frames (B, T, 3, H, W)`` the
+            vision tower read (base crop of an image; ``None`` where image and video sizes differ);
+            nothing for a text-only batch.
         """
         input_ids = self.require(batch, "input_ids")
         batch_size = input_ids.shape[0]
@@ -275,26 +274,25 @@ class LlavaBackbone(Backbone):
                 tokens[b].append(t)
                 pixels[b].append(p)
         if not mm:
-            return mm, None, None, None
+            return EncodedVisual()
         visual, mask = _stack_per_sample(tokens, "visual tokens", strict=True)
         frames, _ = _stack_per_sample(pixels, "frames", strict=False)
-        return mm, visual, mask, frames
+        fields = {"visual": visual, "visual_mask": mask, "visual_grid": self.grid_size(visual.shape[2]),
+                  "frames": frames}
+        return EncodedVisual(mm, fields)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict) -> BackboneOutput:
         """Run the model on a batch; see the class docstring for the keys."""
-        mm, visual, visual_mask, frames = self.encode_visual(batch)
-        out = self.lm_forward(batch, mm_encoder_outputs=mm or None)
+        encoded = self.encode_visual(batch)
+        out = self.lm_forward(batch, mm_encoder_outputs=encoded.mm_encoder_outputs or None)
         hidden = out.hidden_states[-1]
         return BackboneOutput(
             loss=out.loss,
             logits=out.logits,
             hidden_states=hidden,
-            visual=visual,
-            visual_mask=visual_mask,
-            visual_grid=self.grid_size(visual.shape[2]) if visual is not None else None,
-            frames=frames,
             tasks=self.gather_tasks(batch["input_ids"], hidden),
+            **encoded.fields,
         )
 
     # ------------------------------------------------------------------ save / load

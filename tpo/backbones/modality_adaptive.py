@@ -2,7 +2,7 @@
 
 mPLUG-Owl2 gives each modality its own layer norms and key/value projections in every decoder
 layer while the query, output projection and MLP stay shared. :meth:`ModalityAdaptive.wrap`
-does this in place on a LLaMA / Mistral / Qwen2 model (a ``*ForCausalLM``, its base model, or a
+does this in place on a LLaMA / Mistral / Qwen2 / Qwen3 model (a ``*ForCausalLM``, its base model, or a
 LLaVA-family model whose language model is one of these):
 
 - ``input_layernorm`` and ``post_attention_layernorm`` become :class:`ModalityNorm`;
