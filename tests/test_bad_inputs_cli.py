@@ -176,7 +176,7 @@ def test_eval_missing_or_broken_ground_truth_names_it(capsys, files, tmp_path):
     assert f"--gt {txt}: no such file" in err
     txt.write_text("v0 1.0 2.0 no separator\n")
     err = eval_fails(capsys, "charades", "--submission", str(files["sub"]), "--gt", str(txt))
-    assert f"{txt}:1: expected 'vid start end##query'" in err
+    assert f"{txt}:1: expected '<vid> <start> <end>##<sentence>'" in err  # formats.charades_sta
     err = eval_fails(capsys, "qvhighlights", "--submission", str(files["sub"]), "--gt", str(tmp_path))
     assert f"--gt {tmp_path}: is a directory" in err
 

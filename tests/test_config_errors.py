@@ -40,7 +40,8 @@ def fit(config, *overrides: str) -> None:
 
 @pytest.mark.parametrize("override, message", [
     ("--model.backbone.name=tiny_lava",
-     r"'name' must be one of \['tiny_llava', 'tiny_videochat'\].*got 'tiny_lava'"),
+     r"'name' must be one of \['tiny_internvl', 'tiny_llava', 'tiny_qwen_vl', 'tiny_videochat'\].*"
+     r"got 'tiny_lava'"),
     ("--model.backbone.kind=llava_two",
      r"kind: expected one of \('llava', 'llava_onevision', 'llava_next_video', 'video_llava'\)"),
     ("--model.backbone.hiden_size=8",

@@ -1,5 +1,7 @@
-"""``tpo eval lasot|got10k|refcoco``: the printed JSON equals the metric classes computed directly
-on the same boxes, hand-checked cases, and bad inputs named on one stderr line (exit 1)."""
+"""``tpo eval lasot|got10k|refcoco|davis|charades``: the printed JSON equals the metric classes
+computed directly on the same boxes, hand-checked cases, and bad inputs named on one stderr line
+(exit 1). (DAVIS / GOT-10k against reference implementations and the official code:
+``test_eval_official.py``.)"""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from tpo.datamodules.formats import got10k, lasot
+from tpo.datamodules.formats import davis, got10k, lasot
 from tpo.datamodules.formats.refcoco import write_flat
 from tpo.datamodules.samples import RefSample
 from tpo.metrics.box import GroundingAccuracy
@@ -173,3 +176,163 @@ def test_refcoco_bad_predictions_are_named(refs, tmp_path, capsys, preds, needle
     (tmp_path / "p.json").write_text(json.dumps(preds))
     err = fails(capsys, "refcoco", "--results", str(tmp_path / "p.json"), "--gt", str(refs))
     assert needle in err and "p.json" in err
+
+
+def test_got10k_clips_to_the_meta_resolution(tmp_path, capsys):
+    """The toolkit clips boxes to ``resolution`` of meta_info.ini, not to the frame file's size."""
+    root = tmp_path / "got"
+    gt = np.array([[0, 0, 10, 10], [0, 0, 10, 10.0]])
+    got10k.write(root, "val", "GOT-10k_Val_000001", FRAMES[:2], gt, np.ones(2, dtype=bool))
+    res = tmp_path / "res" / "GOT-10k_Val_000001"
+    write_results(res / "GOT-10k_Val_000001_001.txt", [[0, 0, 10, 10], [5, 0, 10, 10]])
+    out = run(capsys, "got10k", "--results", str(tmp_path / "res"), "--gt", str(root))
+    assert out["AO"] == pytest.approx(50 / 150)  # the 40x32 frames clip nothing
+    meta = root / "val" / "GOT-10k_Val_000001" / "meta_info.ini"
+    meta.write_text("[METAINFO]\nobject_class: object\nresolution: (10, 10)\n")
+    out = run(capsys, "got10k", "--results", str(tmp_path / "res"), "--gt", str(root))
+    assert out["AO"] == pytest.approx(50 / 100)  # prediction clipped to x 5..10
+    assert out["SR@0.5"] == 0.0  # strict IoU > 0.5
+    meta.write_text("[METAINFO]\nresolution: 10x10\n")
+    err = fails(capsys, "got10k", "--results", str(tmp_path / "res"), "--gt", str(root))
+    assert "meta_info.ini:2" in err and "(width, height)" in err
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("bad_line", "GOT-10k_Val_000001_001.txt:3: expected 'x,y,w,h' (4 numbers)"),
+    ("nan_box", "GOT-10k_Val_000001_001.txt: frame[2]"),
+    ("bad_cover", "cover.label: label 9 of frame 1: expected one integer in 0..8"),
+    ("short_cover", "cover.label: 4 labels for 5 frames"),
+])
+def test_got10k_bad_files_are_named(tmp_path, capsys, case, needle):
+    root = tmp_path / "got"
+    got10k.write(root, "val", "GOT-10k_Val_000001", FRAMES, GT_A, np.ones(5, dtype=bool))
+    res = tmp_path / "res" / "GOT-10k_Val_000001" / "GOT-10k_Val_000001_001.txt"
+    write_results(res, GT_A)
+    cover = root / "val" / "GOT-10k_Val_000001" / "cover.label"
+    if case == "bad_line":
+        res.write_text("1,2,3,4\n1,2,3,4\n1,2,x,4\n1,2,3,4\n1,2,3,4\n")
+    elif case == "nan_box":
+        res.write_text("1,2,3,4\n1,2,3,4\nnan,2,3,4\n1,2,3,4\n1,2,3,4\n")
+    elif case == "bad_cover":
+        cover.write_text("8\n9\n8\n8\n8\n")
+    else:
+        cover.write_text("8\n8\n8\n8\n")
+    err = fails(capsys, "got10k", "--results", str(tmp_path / "res"), "--gt", str(root))
+    assert needle in err, err
+
+
+# ------------------------------------------------------------------------------ DAVIS
+
+
+def write_mask(path, labels) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(labels, dtype=np.uint8))
+    image.putpalette([0, 0, 0] + [200, 30, 30] * 255)
+    image.save(path)
+
+
+def square(h: int, w: int, top: int, left: int, size: int, value: int = 1) -> np.ndarray:
+    out = np.zeros((h, w), dtype=np.uint8)
+    out[top:top + size, left:left + size] = value
+    return out
+
+
+@pytest.fixture()
+def davis_root(tmp_path):
+    """One 4-frame 8x8 sequence ``sq`` with one object (a 4x4 square at the top left); frames 1
+    and 2 are scored."""
+    labels = np.stack([square(8, 8, 0, 0, 4)] * 4)
+    davis.write(tmp_path / "DAVIS", "sq", np.zeros((4, 8, 8, 3), np.uint8), labels, split="val")
+    return tmp_path / "DAVIS"
+
+
+def test_davis_hand_checked(davis_root, tmp_path, capsys):
+    res = tmp_path / "res"
+    write_mask(res / "sq" / "00001.png", square(8, 8, 0, 2, 4))  # shifted by 2: J = 8 / 24
+    write_mask(res / "sq" / "00002.png", square(8, 8, 0, 0, 4))  # exact: J = F = 1
+    out = run(capsys, "davis", "--results", str(res), "--gt", str(davis_root))
+    assert out["J-Mean"] == pytest.approx((1 / 3 + 1) / 2)
+    assert out["J-Recall"] == 0.5
+    assert out["J-Decay"] == pytest.approx(1 / 3 - 1)  # two frames: bins [0], [0, 1], [1], [1]
+    assert out["sequences"] == {"sq_1": {"J-Mean": out["J-Mean"], "F-Mean": out["F-Mean"]}}
+    assert out["J&F-Mean"] == pytest.approx((out["J-Mean"] + out["F-Mean"]) / 2)
+    assert 0.5 < out["F-Mean"] < 1 and out["num_objects"] == 1
+    write_mask(res / "sq" / "00001.png", square(8, 8, 0, 0, 4))
+    save = tmp_path / "davis.json"
+    out = run(capsys, "davis", "--results", str(res), "--gt", str(davis_root), "--layout", "davis",
+              "--save", str(save))
+    assert {k: out[k] for k in ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall",
+                                "F-Decay")} == {"J&F-Mean": 1.0, "J-Mean": 1.0, "J-Recall": 1.0,
+                                                "J-Decay": 0.0, "F-Mean": 1.0, "F-Recall": 1.0,
+                                                "F-Decay": 0.0}
+    assert json.loads(save.read_text()) == out
+
+
+def test_davis_empty_prediction_and_void(davis_root, tmp_path, capsys):
+    """An all-background result scores J = F = 0 on a present object; void (255) in the ground
+    truth is background for the semi-supervised protocol (the official code passes no void mask
+    there), so predicted void pixels are false positives."""
+    anno = davis_root / "Annotations" / "480p" / "sq"
+    write_mask(anno / "00002.png", np.where(square(8, 8, 0, 0, 4) > 0, 1, 255))
+    res = tmp_path / "res"
+    write_mask(res / "sq" / "00001.png", np.zeros((8, 8)))
+    write_mask(res / "sq" / "00002.png", square(8, 8, 0, 0, 5))  # 9 void pixels predicted
+    out = run(capsys, "davis", "--results", str(res), "--gt", str(davis_root))
+    assert out["J-Mean"] == pytest.approx((0 + 16 / 25) / 2)
+    assert out["J-Decay"] == pytest.approx(0 - 16 / 25)
+    assert out["J-Recall"] == 0.5 and out["F-Recall"] <= 0.5 and out["F-Mean"] < 0.5
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing_frame", "00002.png"),
+    ("missing_sequence", "sq/00001.png"),
+    ("id_too_high", "object id 2"),
+    ("wrong_size", "expected the ground truth's 8x8"),
+    ("rgb", "RGB image"),
+])
+def test_davis_bad_results_are_named(davis_root, tmp_path, capsys, case, needle):
+    res = tmp_path / "res"
+    res.mkdir()
+    if case != "missing_sequence":
+        write_mask(res / "sq" / "00001.png", square(8, 8, 0, 0, 4))
+    if case == "id_too_high":
+        write_mask(res / "sq" / "00002.png", square(8, 8, 0, 0, 4, value=2))
+    elif case == "wrong_size":
+        write_mask(res / "sq" / "00002.png", np.zeros((8, 9)))
+    elif case == "rgb":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(res / "sq" / "00002.png")
+    err = fails(capsys, "davis", "--results", str(res), "--gt", str(davis_root))
+    assert needle in err and "--results" in err, err
+
+
+def test_davis_bad_ground_truth_is_named(tmp_path, capsys):
+    (tmp_path / "res").mkdir()
+    (tmp_path / "gt").mkdir()
+    err = fails(capsys, "davis", "--results", str(tmp_path / "res"), "--gt", str(tmp_path / "gt"))
+    assert "--layout" in err and str(tmp_path / "gt") in err
+    err = fails(capsys, "davis", "--results", str(tmp_path / "res"), "--gt", str(tmp_path / "gt"),
+                "--layout", "davis")
+    assert "val.txt" in err
+    labels = np.stack([square(8, 8, 0, 0, 4)] * 2)
+    davis.write(tmp_path / "gt", "two", np.zeros((2, 8, 8, 3), np.uint8), labels, split="val")
+    err = fails(capsys, "davis", "--results", str(tmp_path / "res"), "--gt", str(tmp_path / "gt"))
+    assert "2 annotated frames" in err and "expected >= 3" in err
+
+
+# ------------------------------------------------------------------------ Charades-STA
+
+
+def test_charades_qids_are_line_numbers(tmp_path, capsys):
+    """One reader (formats.charades_sta.read_queries): a blank line is skipped but counted."""
+    txt = tmp_path / "charades_sta_test.txt"
+    txt.write_text("AO8RW 0.0 10.0##a person opens a door.\n\nY6R7T 5.0 15.0##person sits.\n")
+    sub = tmp_path / "preds.jsonl"
+    sub.write_text(json.dumps({"qid": 0, "pred_relevant_windows": [[0.0, 10.0]]}) + "\n"
+                   + json.dumps({"qid": 2, "pred_relevant_windows": [[10.0, 20.0]]}) + "\n")
+    out = run(capsys, "charades", "--submission", str(sub), "--gt", str(txt))
+    assert out["mIoU"] == round(100 * (1 + 1 / 3) / 2, 2) and out["R1@0.5"] == 50.0
+    sub.write_text(json.dumps({"qid": 1, "pred_relevant_windows": [[0.0, 10.0]]}) + "\n")
+    assert eval_main(["charades", "--submission", str(sub), "--gt", str(txt)]) == 1
+    txt.write_text("AO8RW 0.0 10.0##ok.\nAO8RW 3.0 no separator\n")
+    assert eval_main(["charades", "--submission", str(sub), "--gt", str(txt)]) == 1
+    assert "charades_sta_test.txt:2" in capsys.readouterr().err

@@ -73,7 +73,8 @@ def build_heads(backbone: Backbone, heads: Mapping[str, Mapping] | None = None) 
         kwargs = dict(spec)
         cls = _import_head(task, kwargs.pop("class_path")) if "class_path" in kwargs else task_obj.head_class
         kwargs.setdefault("embed_dim", backbone.hidden_size)
-        kwargs.setdefault(task_obj.visual_kwarg, backbone.visual_dim)
+        if task_obj.visual_kwarg not in unknown_arguments(cls, {task_obj.visual_kwarg: None})[0]:
+            kwargs.setdefault(task_obj.visual_kwarg, backbone.visual_dim)  # a head that reads features
         unknown, valid = unknown_arguments(cls, kwargs)
         if unknown:
             raise ValueError(f"heads.{task}: {cls.__name__} has no arguments {unknown}; valid: {valid}")
