@@ -36,3 +36,16 @@ def test_tracks_draw_no_predicted_box_where_the_object_is_predicted_absent(tmp_p
                              truth_visible=np.array([True, False, True]), pred_visible=np.zeros(3, bool))
     assert _pixels(shown, PRED).sum() > 0 and _pixels(hidden, PRED).sum() == 0
     assert 0 < _pixels(hidden, TRUTH).sum() < _pixels(shown, TRUTH).sum()  # two frames of three
+
+
+def test_importing_viz_leaves_the_matplotlib_backend_alone():
+    """Drawing uses its own figures: a notebook's (or the user's) backend stays as it was."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import matplotlib, tpo.viz; print(matplotlib.get_backend())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "MPLBACKEND": "svg"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "svg"

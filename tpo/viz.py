@@ -1,6 +1,7 @@
 """Pictures of what the heads predict: loss curves, span timelines, boxes and masks on frames.
 
-Every function draws with matplotlib's Agg backend into a PNG and returns its path.
+Every function draws on its own ``matplotlib.figure.Figure`` (no pyplot state, no global backend
+switch, so a notebook's inline plots keep working) into a PNG and returns its path.
 """
 
 from __future__ import annotations
@@ -8,12 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 __all__ = ["plot_losses", "plot_timelines", "plot_boxes", "plot_tracks", "plot_masks"]
 
@@ -23,13 +21,13 @@ def _save(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_losses(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path) -> Path:
     """Loss curves: ``{name: [(step, value), ...]}``, one line each, log scale."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, points in history.items():
         if points:
             steps, values = zip(*points, strict=True)
@@ -50,7 +48,8 @@ margin a one-row figure's axes collapse to a sliver under ``tight_layout``."""
 def plot_timelines(rows: Sequence[Mapping], path: str | Path) -> Path:
     """Predicted vs true spans: rows of ``{"label", "duration" s, "truth" [[s, e], ...],
     "pred" [[s, e, score], ...]}`` (the top prediction is drawn solid, the next two faint)."""
-    fig, ax = plt.subplots(figsize=(8, TIMELINE_MARGIN_IN + TIMELINE_ROW_IN * len(rows)))
+    fig = Figure(figsize=(8, TIMELINE_MARGIN_IN + TIMELINE_ROW_IN * len(rows)))
+    ax = fig.subplots()
     for i, row in enumerate(rows):
         y = len(rows) - 1 - i
         ax.broken_barh([(0, row["duration"])], (y - 0.4, 0.8), color="#eeeeee")
@@ -69,7 +68,8 @@ def plot_timelines(rows: Sequence[Mapping], path: str | Path) -> Path:
 def _frame_axes(count: int, size: float = 2.2):
     cols = min(count, 6)
     rows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig = Figure(figsize=(size * cols, size * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     return fig, list(axes.flat)
