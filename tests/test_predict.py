@@ -412,3 +412,29 @@ def test_a_boxless_tracking_call_gives_the_same_track_alone_and_beside_a_boxed_o
     assert alone["task"] == together[0]["task"] == "track"
     torch.testing.assert_close(alone["prediction"].boxes_xywh, together[0]["prediction"].boxes_xywh,
                                rtol=1e-5, atol=1e-4)
+
+
+def test_a_forced_task_answers_with_that_head_as_teacher_forcing_does(plain):
+    """``task=`` calls the head whatever the untrained LLM would generate; the prediction is the
+    teacher-forced ``<begin><placeholder>`` one (same forward as predict_step)."""
+    rng = np.random.default_rng(1)
+    video = rng.integers(0, 255, (NUM_FRAMES, 32, 32, 3), dtype=np.uint8)
+    questions = {"temporal": ("When does the red circle appear?", None),
+                 "box": ("Where is the red circle?", None),
+                 "track": ("Track the object given at <track_box>.", [8.0, 8.0, 20.0, 20.0]),
+                 "mask": ("Segment the red circle.", None)}
+    for task, (question, box) in questions.items():
+        answer = plain.predict(video, question, box=box, task=task)
+        spec = get_task_spec(task)
+        assert (answer.task, answer.text) == (task, spec.begin_token + spec.placeholder_token)
+        forced = plain.make_item(video, question, box)
+        forced["turns"] = [(question, answer.text)]
+        with torch.no_grad():
+            (truth,) = plain.module.predict_step(TaskCollator.from_backbone(plain.backbone)([forced]), 0)
+        for field, value in vars(truth["prediction"]).items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(vars(answer.prediction)[field], value, rtol=1e-5, atol=1e-5,
+                                           msg=f"{task}.{field}")
+    with pytest.raises(ValueError, match=r"task: the model has heads for \['box', 'mask', 'temporal', "
+                                         r"'track'\], not 'point'"):
+        plain.predict(video, "Where?", task="point")

@@ -82,6 +82,7 @@ class Predictor:
         self.max_new_tokens = max_new_tokens
         self.collator = TaskCollator.from_backbone(module.backbone, chat=self.chat, generation=True,
                                                    padding_side="left")
+        self.forced_collator = TaskCollator.from_backbone(module.backbone, chat=self.chat)
 
     @property
     def num_frames(self) -> int:
@@ -163,7 +164,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, media: Media, question: str, *, box: Sequence[float] | None = None,
-                query: str | None = None, **generate_kwargs) -> Answer:
+                query: str | None = None, task: str | None = None, **generate_kwargs) -> Answer:
         """Answer one question about a video or image.
 
         Args:
@@ -172,14 +173,19 @@ class Predictor:
             box: ``[x1, y1, x2, y2]`` pixels of the target in the first frame, for tracking.
             query: the expression the question names (``"the red circle"``), for a model trained
                 with ``query_words`` (its heads read these words); default the whole question.
+            task: call this task's head whatever the model would generate: the answer is the
+                task's ``<begin><placeholder>`` tokens, read teacher-forced (no generation), as a
+                caller that knows the task wants (``None``: the model decides).
             generate_kwargs: passed to ``generate`` (``do_sample=True``, ``temperature``, ``top_p``,
                 ``max_new_tokens``...); greedy by default.
         """
-        return self.predict_batch([media], [question], boxes=[box], queries=[query], **generate_kwargs)[0]
+        return self.predict_batch([media], [question], boxes=[box], queries=[query], task=task,
+                                  **generate_kwargs)[0]
 
     def predict_batch(self, media: Sequence[Media], questions: Sequence[str], *,
                       boxes: Sequence[Sequence[float] | None] | None = None,
-                      queries: Sequence[str | None] | None = None, **generate_kwargs) -> list[Answer]:
+                      queries: Sequence[str | None] | None = None, task: str | None = None,
+                      **generate_kwargs) -> list[Answer]:
         """Answer a batch of questions, generated together (see :meth:`predict`)."""
         if isinstance(questions, str) or len(media) != len(questions):
             raise ValueError(
@@ -196,16 +202,19 @@ class Predictor:
                              f"got {len(queries)}")
         items = [self.make_item(m, q, b, i, query)
                  for i, (m, q, b, query) in enumerate(zip(media, questions, boxes, queries, strict=True))]
-        return self.predict_items(items, **generate_kwargs)
+        return self.predict_items(items, task=task, **generate_kwargs)
 
     @torch.no_grad()
-    def predict_items(self, items: Sequence[dict], **generate_kwargs) -> list[Answer]:
+    def predict_items(self, items: Sequence[dict], *, task: str | None = None,
+                      **generate_kwargs) -> list[Answer]:
         """Answer collator items (``video``/``image``, ``turns``, ``prompt_boxes``, ``meta``); the
-        last turn's answer is ignored. This is what :meth:`predict_batch` and
-        :func:`evaluate_predictor` run."""
+        last turn's answer is ignored (``task``: see :meth:`predict`). This is what
+        :meth:`predict_batch` and :func:`evaluate_predictor` run."""
         if not items or any(item.get("video") is None and item.get("image") is None for item in items):
             raise ValueError("items: expected at least one question, each with a video or an image")
         self.module.eval()
+        if task is not None:
+            return self._predict_forced(items, task)
         batch = {k: v.to(self.device) if isinstance(v, Tensor) else v
                  for k, v in self.collator(list(items)).items()}
         generation = generate_with_tasks(self.backbone, batch, max_new_tokens=self.max_new_tokens,
@@ -218,6 +227,19 @@ class Predictor:
             text = answer_text(tokenizer, tokens, generation.answer_ids(b), task)
             answers.append(make_answer(text, task, prediction, meta.get("timestamps")))
         return answers
+
+    def _predict_forced(self, items: Sequence[dict], task: str) -> list[Answer]:
+        """Every item answered with ``task``'s ``<begin><placeholder>``, read in one forward."""
+        specs = self.backbone.task_tokens.specs
+        if task not in specs or task not in self.module.heads:
+            raise ValueError(f"task: the model has heads for {sorted(self.module.heads)}, not {task!r}")
+        answer = specs[task].begin_token + specs[task].placeholder_token
+        forced = [{**item, "turns": [*item["turns"][:-1], (item["turns"][-1][0], answer)]} for item in items]
+        batch = {k: v.to(self.device) if isinstance(v, Tensor) else v
+                 for k, v in self.forced_collator(forced).items()}
+        predictions = self._run_heads(batch, self.module(batch))
+        return [make_answer(answer, task, predictions[b][1], meta.get("timestamps"))
+                for b, meta in enumerate(batch["meta"])]
 
     def _run_heads(self, batch: dict, out: BackboneOutput) -> dict[int, tuple[str, Any]]:
         """``{sample: (task, post-processed prediction)}`` for the samples that called a task."""
