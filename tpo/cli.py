@@ -1,8 +1,8 @@
-"""The ``tpo`` command: ``tpo fit|validate|test|predict|demo|eval``.
+"""The ``tpo`` command: ``tpo fit|validate|test|predict|demo|ablate|eval``.
 
 ``tpo fit --config configs/demo.yaml`` trains through LightningCLI; ``tpo eval ...`` scores
 prediction files (see :mod:`tpo.metrics.cli`); ``tpo demo`` runs the embedded demo (see
-:mod:`tpo.demo`).
+:mod:`tpo.demo`); ``tpo ablate`` runs the TPO paper's ablations on its data (see :mod:`tpo.ablate`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from tpo import __version__
 
 SUBCOMMANDS = {
     "demo": "run the embedded demo offline (tiny model, synthetic videos)",
-    "eval": "score prediction files with the official protocols (qvhighlights, charades)",
+    "ablate": "the TPO paper's ablations on the demo's data (heads vs text, single task, no chat)",
+    "eval": "score prediction files officially (qvhighlights, charades, davis, got10k, lasot, refcoco)",
     "fit": "train a TPOModule from a YAML config (LightningCLI)",
     "validate": "evaluate a checkpoint on the validation data (LightningCLI)",
     "test": "evaluate a checkpoint on the test data (LightningCLI)",
@@ -259,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             return eval_main(rest)
         if command in LIGHTNING_SUBCOMMANDS:
             return lightning_main(argv)
+        if command == "ablate":
+            from tpo.ablate import ablate_main
+
+            return ablate_main(rest)
         from tpo.demo import demo_main
 
         return demo_main(rest)

@@ -26,17 +26,30 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from lightning import Callback, Trainer
 
+from tpo.datamodules.synthetic import CONVERSATION
+from tpo.datamodules.synthetic import TASKS as SYNTHETIC_TASKS
 from tpo.progress import progress_bar_callback
-from tpo.tasks import get_task
+from tpo.tasks import BUILTIN_TASKS, get_task
 
-__all__ = ["DEMO_DATA", "DEMO_MODEL", "HEADLINE_METRICS", "demo_main", "run_demo"]
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from tpo.backbones.base import Backbone
+    from tpo.datamodules import MultiTaskDataModule
+    from tpo.module import TPOModule
+
+__all__ = ["DEMO_DATA", "DEMO_MODEL", "DEMO_TASK_WEIGHTS", "HEADLINE_METRICS", "RunConfig", "TrainedRun",
+           "demo_main", "fit_run", "make_data_module", "make_module", "module_config", "run_demo",
+           "train_run", "validate"]
 
 #: The model the demo trains (also ``configs/demo.yaml``'s ``model``).
 DEMO_MODEL: dict[str, Any] = {
@@ -125,6 +138,169 @@ def _make_trainer(**kwargs) -> Trainer:
         num_sanity_val_steps=0,
         **kwargs,
     )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run of the demo's model on the synthetic data, trained and evaluated by
+    :func:`train_run`: ``tpo demo`` trains the default one, ``tpo ablate`` (:mod:`tpo.ablate`)
+    its variants.
+
+    Attributes:
+        tasks: the tasks trained and scored, in :data:`~tpo.tasks.BUILTIN_TASKS` names.
+        textual: no heads: the LLM answers the tasks' questions in text
+            (:meth:`~tpo.tasks.Task.textual_answer`); every task needs a ``textual_form``.
+        conversation: train on the conversation data too (language loss only).
+        query_words: the heads also read the query's words (:class:`~tpo.query.QueryWords`).
+        seed: torch's seed at the start and the training sampler's seed.
+        minutes: training time budget (wall clock).
+        batch_size: samples per training and evaluation batch.
+        modality_adaptive: give the LLM mPLUG-Owl2's modality-adaptive layers.
+    """
+
+    tasks: tuple[str, ...] = BUILTIN_TASKS
+    textual: bool = False
+    conversation: bool = True
+    query_words: bool = DEMO_MODEL["query_words"]
+    seed: int = 0
+    minutes: float = 8.0
+    batch_size: int = 16
+    modality_adaptive: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: expected at least one task to train")
+        unknown = [t for t in self.tasks if t not in DEMO_MODEL["heads"]]
+        if unknown:
+            raise ValueError(f"tasks: {unknown} are not tasks of the demo's model "
+                             f"({list(DEMO_MODEL['heads'])})")
+        if self.textual and self.query_words:
+            raise ValueError("query_words: a textual run has no heads for the query words to feed")
+        no_text = [t for t in self.tasks if not get_task(t).textual_form] if self.textual else []
+        if no_text:
+            raise ValueError(f"tasks: {no_text} have no textual form (Task.textual_form), so a "
+                             "textual run cannot train them")
+        if self.minutes <= 0 or self.batch_size < 1:
+            raise ValueError(f"minutes, batch_size: expected > 0 and >= 1, got {self.minutes}, "
+                             f"{self.batch_size}")
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The synthetic datasets trained on, in the generator's order: the tasks and, with
+        ``conversation``, the conversations."""
+        wanted = {*self.tasks, *((CONVERSATION,) if self.conversation else ())}
+        return tuple(name for name in SYNTHETIC_TASKS if name in wanted)
+
+
+@dataclass
+class TrainedRun:
+    """What :func:`train_run` returns.
+
+    Attributes:
+        run: the configuration.
+        module: the trained module.
+        data: the data module (training and held-out loaders).
+        history: the training losses per step.
+        steps: optimizer steps taken.
+        final: the held-out validation logs of the trained module (``val/<task>/<metric>``,
+            ``val_generated/...``, ``val/assign_acc``, ``val/lm_loss``), teacher-forced.
+        chance: the same for the untrained module, when asked for; else ``None``.
+    """
+
+    run: RunConfig
+    module: TPOModule
+    data: MultiTaskDataModule
+    history: LossHistory
+    steps: int
+    final: dict[str, float]
+    chance: dict[str, float] | None = None
+
+
+def module_config(run: RunConfig) -> dict[str, Any]:
+    """The :class:`~tpo.TPOModule` keyword arguments of a run: :data:`DEMO_MODEL` with the run's
+    heads (none when ``textual``), ``query_words`` and ``modality_adaptive``."""
+    heads = {} if run.textual else {t: spec for t, spec in DEMO_MODEL["heads"].items() if t in run.tasks}
+    backbone = {**DEMO_MODEL["backbone"], "modality_adaptive": run.modality_adaptive}
+    return {**DEMO_MODEL, "backbone": backbone, "heads": heads, "query_words": run.query_words}
+
+
+def make_module(run: RunConfig) -> TPOModule:
+    """The untrained module of a run; its cosine schedule assumes ~2.4 steps per second of budget."""
+    from tpo.module import TPOModule
+
+    steps_estimate = max(50, int(run.minutes * 60 * 2.4))
+    return TPOModule(**module_config(run), schedule_steps=steps_estimate)
+
+
+def make_data_module(run: RunConfig, data_root: Path, backbone: Backbone) -> MultiTaskDataModule:
+    """Training (random frames) and held-out (uniform frames) loaders over the run's synthetic
+    datasets (:attr:`RunConfig.datasets`), mixed by :data:`DEMO_TASK_WEIGHTS`; with ``textual``
+    the tasks' answers are text."""
+    from tpo.datamodules import MultiTaskDataModule
+    from tpo.datamodules.multitask import synthetic_task_dataset
+    from tpo.datamodules.synthetic import SyntheticDataset
+
+    data = SyntheticDataset.load(data_root)
+    options = {"num_frames": DEMO_DATA["num_frames"], "seed": run.seed, "cache": True, "textual": run.textual}
+    split = {split: {name: synthetic_task_dataset(data, name, split, sampling=sampling, **options)
+                     for name in run.datasets}
+             for split, sampling in (("train", "random"), ("val", "uniform"))}
+    return MultiTaskDataModule(
+        train=split["train"],
+        val=split["val"],
+        backbone=backbone,
+        batch_size=run.batch_size,
+        seed=run.seed,
+        num_workers=1,  # decoding and collation overlap the training step
+        collator_options={"keep_media": True},
+        weights={name: DEMO_TASK_WEIGHTS[name] for name in run.datasets},
+    )
+
+
+def validate(module: TPOModule, loader: DataLoader) -> dict[str, float]:
+    """The module's validation logs over ``loader`` (teacher-forced; no progress bar)."""
+    logs = _make_trainer(enable_progress_bar=False).validate(module, dataloaders=loader, verbose=False)[0]
+    return {key: float(value) for key, value in logs.items()}
+
+
+def fit_run(module: TPOModule, data: MultiTaskDataModule, run: RunConfig, progress: bool
+            ) -> tuple[LossHistory, int]:
+    """Train for ``run.minutes`` of wall clock; returns the loss history and the steps taken."""
+    history = LossHistory()
+    trainer = _make_trainer(
+        max_time={"seconds": int(run.minutes * 60)},
+        callbacks=[history, *([progress_bar_callback()] if progress else [])],
+        log_every_n_steps=10,
+        enable_progress_bar=progress,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=data.train_dataloader(), val_dataloaders=data.val_dataloader())
+    return history, trainer.global_step
+
+
+def train_run(run: RunConfig, data_root: Path, *, progress: bool = True, chance: bool = False,
+              report: Callable[[str], None] = print) -> TrainedRun:
+    """Build, train and evaluate one run on the synthetic data at ``data_root``.
+
+    The loaders are given to the trainer directly rather than as a data module: the data module's
+    start-up check wants a head for every task's samples, and a textual run has none.
+
+    Args:
+        run: what to train.
+        data_root: a folder written by :func:`~tpo.datamodules.make_synthetic_dataset`.
+        progress: progress bars (lines outside a terminal) while training.
+        chance: also evaluate the untrained module first (the chance levels).
+        report: receives one line before training and one after it.
+    """
+    torch.manual_seed(run.seed)
+    module = make_module(run)
+    data = make_data_module(run, data_root, module.backbone)
+    untrained = validate(module, data.val_dataloader()) if chance else None
+    done = "untrained model evaluated (chance levels); " if chance else ""
+    report(f"{done}training for {run.minutes:g} min")
+    history, steps = fit_run(module, data, run, progress)
+    report(f"trained {steps} steps; evaluating on the held-out split")
+    return TrainedRun(run, module, data, history, steps, validate(module, data.val_dataloader()), untrained)
 
 
 #: The predictor's headline metric per task (keys of :func:`tpo.predict.evaluate_predictor`).
@@ -225,69 +401,54 @@ def _run_demo_in(
     modality_adaptive: bool,
 ) -> dict:
     """The demo itself, writing into ``out`` (the partial folder)."""
-    from tpo.datamodules import MultiTaskDataModule, make_synthetic_dataset
-    from tpo.module import TPOModule
+    from tpo.datamodules import make_synthetic_dataset
 
-    torch.manual_seed(seed)
     data_root = out / "data"
     start = time.time()
     if not (data_root / "synthetic.json").exists():
         make_synthetic_dataset(data_root, n_videos=n_videos, seed=seed, **DEMO_DATA)
     print(f"[1/5] synthetic dataset ({time.time() - start:.0f} s)", flush=True)
 
-    steps_estimate = max(50, int(minutes * 60 * 2.4))
-    config = {**DEMO_MODEL, "backbone": {**DEMO_MODEL["backbone"], "modality_adaptive": modality_adaptive}}
-    module = TPOModule(**config, schedule_steps=steps_estimate)
-    data = MultiTaskDataModule.from_synthetic(
-        data_root,
-        backbone=module.backbone,
-        batch_size=batch_size,
-        num_frames=DEMO_DATA["num_frames"],
-        seed=seed,
-        num_workers=1,  # decoding and collation overlap the training step
-        collator_options={"keep_media": True},
-        weights=DEMO_TASK_WEIGHTS,
-    )
-    chance = _make_trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
-    print(f"[2/5] untrained model evaluated (chance levels); training for {minutes:g} min", flush=True)
-
-    history = LossHistory()
-    trainer = _make_trainer(
-        max_time={"seconds": int(minutes * 60)},
-        callbacks=[history, *([progress_bar_callback()] if progress else [])],
-        log_every_n_steps=10,
-        enable_progress_bar=progress,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, data)
-    print(f"[3/5] trained {trainer.global_step} steps; evaluating on the held-out split", flush=True)
-    final = _make_trainer(enable_progress_bar=False).validate(module, data, verbose=False)[0]
-
-    metrics: dict[str, dict] = {}
-    for task, key, name in HEADLINE_METRICS:
-        if key in final:
-            metrics.setdefault(task, {})[name] = {
-                "value": float(final[key]),
-                "chance": float(chance.get(key, 0.0)),
-            }
-            generated = key.replace("val/", "val_generated/")
-            if generated in final:
-                metrics[task][f"{name} (generated)"] = {
-                    "value": float(final[generated]),
-                    "chance": float(chance.get(generated, 0.0)),
-                }
-    first_lm = history.history.get("lm_loss", [(0, float("nan"))])[0][1]
-    metrics.setdefault("language", {})["train loss first→last"] = {
-        "value": history.history.get("lm_loss", [(0, float("nan"))])[-1][1],
-        "chance": first_lm,
-    }
-    _draw(out, module, data, history)
+    run = RunConfig(seed=seed, minutes=minutes, batch_size=batch_size, modality_adaptive=modality_adaptive)
+    trained = train_run(run, data_root, progress=progress, chance=True, report=_stage_lines(first=2, total=5))
+    metrics = _headline_rows(trained)
+    _draw(out, trained.module, trained.data, trained.history)
     print("[4/5] saving the model as model/; the predictor answers the held-out questions")
-    _predictor_rows(module, out, data_root, metrics, progress)
+    _predictor_rows(trained.module, out, data_root, metrics, progress)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print("[5/5] held-out metrics (chance = the untrained model):")
     print(_table(metrics))
     print(f"({(time.time() - start) / 60:.1f} min in all)")
+    return metrics
+
+
+def _stage_lines(first: int, total: int) -> Callable[[str], None]:
+    """A ``report`` for :func:`train_run` that numbers its lines ``[first/total]``, ``[first+1/total]``..."""
+    stage = iter(range(first, total + 1))
+
+    def report(line: str) -> None:
+        print(f"[{next(stage)}/{total}] {line}", flush=True)
+
+    return report
+
+
+def _headline_rows(trained: TrainedRun) -> dict[str, dict]:
+    """The demo's table: ``{task: {name: {"value", "chance"}}}`` of :data:`HEADLINE_METRICS`
+    (teacher-forced and ``(generated)``) and the training language loss, first -> last step."""
+    final, chance = trained.final, trained.chance or {}
+    metrics: dict[str, dict] = {}
+    for task, key, name in HEADLINE_METRICS:
+        if key in final:
+            metrics.setdefault(task, {})[name] = {"value": final[key], "chance": chance.get(key, 0.0)}
+            generated = key.replace("val/", "val_generated/")
+            if generated in final:
+                metrics[task][f"{name} (generated)"] = {
+                    "value": final[generated],
+                    "chance": chance.get(generated, 0.0),
+                }
+    lm_loss = trained.history.history.get("lm_loss", [(0, float("nan"))])
+    metrics.setdefault("language", {})["train loss first→last"] = {"value": lm_loss[-1][1],
+                                                                   "chance": lm_loss[0][1]}
     return metrics
 
 

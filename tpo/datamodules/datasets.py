@@ -244,8 +244,9 @@ class TrackDataset(TaskDataset):
         visible = s.visible[indices]
         boxes = xywh_to_cxcywh_normalised(s.boxes_xywh[indices], h, w)
         boxes = np.where(visible[:, None], np.clip(boxes, 0, 1), 0).astype(np.float32)
+        corners = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
         prompt = make_prompt(self.task, s.description, seed=rng, textual=self.textual,
-                             boxes=boxes)
+                             boxes=corners)  # textual tracks are [x1, y1, x2, y2] per frame
         return {"task": self.task, "id": s.name,
                 "video": resize_frames(clip.frames, self.frame_size),
                 "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,

@@ -54,6 +54,8 @@ class Task:
         dataset_formats: the public formats (:mod:`tpo.datamodules.formats`) read into this
             task's samples.
         dataset_class: the :class:`~tpo.datamodules.datasets.TaskDataset` of its samples.
+        textual_form: whether an answer can be written as text and read back
+            (:meth:`textual_answer` and :meth:`parse_textual_answer`; the ``textual`` ablation).
 
     Args:
         spec: the task's special tokens.
@@ -66,6 +68,7 @@ class Task:
     default_query: str = "the object"
     dataset_formats: tuple[str, ...] = ()
     dataset_class: type | None = None
+    textual_form: bool = False
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
@@ -154,6 +157,14 @@ class Task:
     def textual_answer(self, **values: Any) -> str:
         """The answer written as text (the ``textual`` ablation); none here."""
         raise ValueError(f"task {self.name!r}: no textual answer")
+
+    def parse_textual_answer(self, text: str, meta: Mapping[str, Any]) -> Any:
+        """The prediction (boundary units, as ``head.postprocess`` gives) that a generated
+        :meth:`textual_answer` stands for, or ``None`` (a miss) when ``text`` holds none; ``meta``
+        is the sample's (``duration``, ``frame_size``, ``timestamps``). Tasks with
+        :attr:`textual_form` override it."""
+        raise ValueError(f"task {self.name!r}: has no textual form (Task.textual_form is False), so "
+                         "no answer of it can be read from text")
 
     def draw(self, prediction: Any, rows: Mapping[str, Any], row: int, meta: Mapping[str, Any],
              frames: np.ndarray, folder: Any) -> Any:

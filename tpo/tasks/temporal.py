@@ -3,6 +3,7 @@ Charades-STA, ActivityNet Captions)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,17 @@ import torch
 
 from tpo.datamodules.datasets import MomentDataset
 from tpo.datamodules.formats import qvhighlights
-from tpo.heads import TemporalGroundingHead
+from tpo.heads import TemporalGroundingHead, TemporalGroundingPrediction
 from tpo.metrics import MomentRetrieval
 from tpo.ops import span_cxw_to_se
 from tpo.tasks.base import Task, frame_options
 from tpo.tasks.registry import TaskSpec, register_task
 
 __all__ = ["TemporalTask"]
+
+_NUMBER = r"[-+]?\d+(?:\.\d+)?"
+TEXTUAL_WINDOW = re.compile(rf"from\s+({_NUMBER})\s+to\s+({_NUMBER})\s+seconds?", re.IGNORECASE)
+"""One window of a textual answer: ``from <start> to <end> seconds``."""
 
 
 class TemporalTask(Task):
@@ -30,6 +35,7 @@ class TemporalTask(Task):
     default_query = "the event"
     dataset_formats = ("charades_sta", "qvhighlights", "activitynet")
     dataset_class = MomentDataset
+    textual_form = True
     templates = (
         "When does this happen in the video: {query}",
         "Find the moment in the video that matches: {query}",
@@ -86,6 +92,26 @@ class TemporalTask(Task):
             raise ValueError("task 'temporal': the textual answer needs windows_s")
         return "; ".join(f"from {s:.1f} to {e:.1f} seconds" for s, e in np.asarray(windows_s))
 
+    def parse_textual_answer(self, text: str, meta: Mapping[str, Any]) -> TemporalGroundingPrediction | None:
+        """The windows a :meth:`textual_answer` writes (``"from 1.0 to 2.5 seconds"``, any number
+        of them), in seconds clamped to ``[0, meta["duration"]]`` as the head's are.
+
+        The k-th window written (from 0) scores ``1 / (k + 1)``: the written order is the ranking.
+        A window ending before it starts is dropped; ``saliency`` is empty (text gives none).
+
+        Returns:
+            a :class:`~tpo.heads.TemporalGroundingPrediction` with ``windows (K, 3)``, or ``None``
+            (a miss) when ``text`` holds no window.
+        """
+        windows = [(float(s), float(e)) for s, e in TEXTUAL_WINDOW.findall(text)]
+        windows = [(s, e) for s, e in windows if e >= s]
+        if not windows:
+            return None
+        seconds = torch.tensor(windows, dtype=torch.float32).clamp(0, _meta_duration(meta))
+        scores = 1.0 / torch.arange(1, len(windows) + 1, dtype=torch.float32)
+        return TemporalGroundingPrediction(windows=torch.cat([seconds, scores[:, None]], 1),
+                                           saliency=torch.zeros(0))
+
     def draw(self, prediction, rows, row, meta, frames, folder):
         """``temporal_timeline.png``: predicted windows against the true ones, seconds."""
         from tpo import viz
@@ -98,6 +124,18 @@ class TemporalTask(Task):
 
     def answer_fields(self, prediction) -> dict:
         return {"spans": prediction.windows[:, :2], "scores": prediction.windows[:, 2]}
+
+
+def _meta_duration(meta: Mapping[str, Any]) -> float:
+    """``meta["duration"]``: the clip length in seconds, > 0."""
+    try:
+        duration = float(meta["duration"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"meta: expected 'duration' in seconds, got {meta.get('duration')!r} "
+                         f"(keys {sorted(meta)})") from None
+    if not duration > 0:
+        raise ValueError(f"meta['duration']: expected > 0 seconds, got {duration}")
+    return duration
 
 
 register_task(TemporalTask(TaskSpec("temporal", "<time_begin>", "<temp>")))

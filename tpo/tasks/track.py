@@ -13,12 +13,12 @@ from torch import Tensor
 
 from tpo.datamodules.datasets import TrackDataset
 from tpo.datamodules.formats import got10k, lasot
-from tpo.heads import TrackingHead
+from tpo.heads import TrackingHead, TrackingPrediction
 from tpo.heads.base import meta_size
 from tpo.metrics import TrackingSuccess
 from tpo.tasks._units import cxcywh_to_px
 from tpo.tasks.base import Task
-from tpo.tasks.box import format_box
+from tpo.tasks.box import format_box, parse_boxes, xyxy_in_order
 from tpo.tasks.registry import TaskSpec, register_task
 
 __all__ = ["TrackTask"]
@@ -32,6 +32,7 @@ class TrackTask(Task):
     headline = "success"
     dataset_formats = ("lasot", "got10k")
     dataset_class = TrackDataset
+    textual_form = True
     templates = (
         "Track {query} given at {box} through the video.",
         "The target is {query} at {box} in the first frame. Follow it in every frame.",
@@ -84,6 +85,30 @@ class TrackTask(Task):
             raise ValueError("task 'track': the textual answer needs boxes")
         return " ".join(format_box(b) for b in boxes)
 
+    def parse_textual_answer(self, text: str, meta: Mapping[str, Any]) -> TrackingPrediction | None:
+        """The boxes a :meth:`textual_answer` writes (one ``[x1, y1, x2, y2]`` normalised per
+        frame, clipped to [0, 1]) as ``xywh`` pixels of ``meta["image_size"]`` ``(H, W)`` (default
+        the ``frame_size``), one per frame read (``len(meta["timestamps"])``).
+
+        The first boxes written go to the first frames; a frame without one, or whose box has its
+        corners out of order, gets a zero box (a miss on that frame). A box of zero area is not
+        visible (the textual answer writes zeros where the target is not visible).
+
+        Returns:
+            a :class:`~tpo.heads.TrackingPrediction`, or ``None`` (a miss) when ``text`` holds no box.
+        """
+        written = np.clip(parse_boxes(text), 0, 1)
+        if not len(written):
+            return None
+        written = np.where(xyxy_in_order(written)[:, None], written, 0.0)
+        frames = np.zeros((_frame_count(meta), 4))
+        frames[: len(written)] = written[: len(frames)]
+        height, width = meta_size([self.prediction_meta(meta, None, 0)], 0)
+        xywh = np.concatenate([frames[:, :2], frames[:, 2:] - frames[:, :2]], 1)
+        pixels = torch.as_tensor(xywh * np.array([width, height, width, height]), dtype=torch.float32)
+        visible = (pixels[:, 2] > 0) & (pixels[:, 3] > 0)
+        return TrackingPrediction(boxes_xywh=pixels, visible=visible, scores=visible.float())
+
     def draw(self, prediction, rows, row, meta, frames, folder):
         """``tracking.png``: predicted and true boxes on every frame."""
         from tpo import viz
@@ -95,6 +120,14 @@ class TrackTask(Task):
 
     def answer_fields(self, prediction) -> dict:
         return {"track": prediction.boxes_xywh, "scores": prediction.scores}
+
+
+def _frame_count(meta: Mapping[str, Any]) -> int:
+    """The number of frames a sample read: ``len(meta["timestamps"])``."""
+    timestamps = meta.get("timestamps")
+    if timestamps is None:
+        raise ValueError(f"meta: expected 'timestamps' (one per frame read), got keys {sorted(meta)}")
+    return len(timestamps)
 
 
 register_task(TrackTask(TaskSpec("track", "<track_begin>", "<tracking>", input_token="<track_box>")))
