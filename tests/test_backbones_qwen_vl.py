@@ -100,8 +100,8 @@ def test_a_plain_hugging_face_folder_loads_through_the_registry_and_the_factory(
 def test_a_folder_without_processor_files_is_named(tmp_path):
     model, _ = tiny_qwen_vl_model_and_processor("qwen2_vl")
     model.save_pretrained(tmp_path / "hf")
-    with pytest.raises(FileNotFoundError, match=r"hf: no processor files \(processor_config.json or "
-                                                r"preprocessor_config.json; tokenizer.json"):
+    expected = r"hf: no processor; missing the processor / image processor config \(processor_config.json"
+    with pytest.raises(FileNotFoundError, match=expected):
         Backbone.from_pretrained(tmp_path / "hf")
 
 
@@ -115,7 +115,7 @@ def test_an_unsupported_model_type_is_named(tmp_path):
         Backbone.from_pretrained(tmp_path / "hf")
     llava_like = tiny_qwen_vl_model_and_processor("qwen2_vl")[0]
     llava_like.config.model_type = "llava"
-    with pytest.raises(ValueError, match="model_type 'llava' is not supported; expected one of"):
+    with pytest.raises(ValueError, match="model_type 'llava' is not supported by QwenVLBackbone; expected"):
         QwenVLBackbone(llava_like, processor)
 
 

@@ -11,6 +11,7 @@ from tpo.backbones.base import (
     register_backbone,
     registered_model_types,
 )
+from tpo.backbones.hf import HFBackbone
 from tpo.backbones.internvl import InternVLBackbone, InternVLFamilyProcessor
 from tpo.backbones.llava import LlavaBackbone, LlavaFamilyProcessor
 from tpo.backbones.qwen_vl import QwenVLBackbone, QwenVLProcessor
@@ -19,6 +20,7 @@ from tpo.backbones.videochat import VideoChatBackbone, VideoChatProcessor, Visio
 __all__ = [
     "Backbone",
     "BackboneOutput",
+    "HFBackbone",
     "InternVLBackbone",
     "InternVLFamilyProcessor",
     "LlavaBackbone",

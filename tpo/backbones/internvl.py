@@ -26,20 +26,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from torch import Tensor
+from transformers import BatchFeature
 
-from tpo.backbones.base import Backbone, BackboneOutput, EncodedVisual, group_frames, register_backbone
-from tpo.tokens import TaskTokens
+from tpo.backbones.base import EncodedVisual, group_frames, register_backbone
+from tpo.backbones.hf import HFBackbone
 
 __all__ = ["InternVLBackbone", "InternVLFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
 
 SUPPORTED_MODEL_TYPES = ("internvl",)
 
-_PROCESSOR_FILES = {
-    "processor / image processor config": ("processor_config.json", "preprocessor_config.json"),
-    "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
-}
 
 
 class InternVLFamilyProcessor:
@@ -96,15 +92,14 @@ class InternVLFamilyProcessor:
 
 
 @register_backbone(SUPPORTED_MODEL_TYPES)
-class InternVLBackbone(Backbone):
+class InternVLBackbone(HFBackbone):
     """An InternVL model (``InternVLForConditionalGeneration``; a Qwen2, Qwen3 or LLaMA LLM) with TPO
     task tokens.
 
     Args:
         model: an ``InternVLForConditionalGeneration``.
         processor: its ``InternVLProcessor``, or an :class:`InternVLFamilyProcessor`.
-        task_tokens: task tokens to attach (added to the tokenizer and embeddings if the tokenizer
-            lacks them); ``None`` for none.
+        task_tokens: task tokens to attach (see :class:`~tpo.backbones.hf.HFBackbone`).
 
     ``forward(batch)`` reads ``input_ids (B, L)``, ``attention_mask (B, L)``, optional
     ``labels (B, L)`` (-100 where ignored), ``pixel_values (F, 3, S, S)`` (the tiles, as the
@@ -116,66 +111,26 @@ class InternVLBackbone(Backbone):
     Images and videos may share a batch: a frame is a tile either way.
     """
 
-    def __init__(self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None) -> None:
-        super().__init__()
-        model_type = model.config.model_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model: model_type {model_type!r} is not supported by InternVLBackbone; expected one of "
-                f"{SUPPORTED_MODEL_TYPES}"
-            )
-        self.model = model
-        self.model_type = model_type
-        if not isinstance(processor, InternVLFamilyProcessor):
-            processor = InternVLFamilyProcessor(processor)
-        self.processor = processor
-        self.visual_dim = model.config.text_config.hidden_size
-        self.task_tokens = None
-        if task_tokens is not None:
-            self._adopt_task_tokens(task_tokens)
+    supported_model_types = SUPPORTED_MODEL_TYPES
 
-    def _adopt_task_tokens(self, task_tokens: TaskTokens) -> None:
-        """Bind ``task_tokens`` to a tokenizer that has their tokens, else add them (new rows of the
-        embeddings and of an untied LM head start at the mean of the old rows)."""
-        vocab = self.tokenizer.get_vocab()
-        if all(tok in vocab for spec in task_tokens.specs.values() for tok in spec.tokens):
-            task_tokens.bind(self.tokenizer)
-            self.task_tokens = task_tokens
-            self.install_injection_hook()
-        else:
-            self.attach_task_tokens(task_tokens)
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model
-
-    @property
-    def image_token_id(self) -> int:
-        """Id of ``<IMG_CONTEXT>``, the token each visual token of the LLM replaces."""
-        return self.model.config.image_token_id
+    def wrap_processor(self, processor: Any) -> InternVLFamilyProcessor:
+        if isinstance(processor, InternVLFamilyProcessor):
+            return processor
+        return InternVLFamilyProcessor(processor)
 
     @property
     def video_token_id(self) -> int:
         """Id of the ``<video>`` marker (expanded by the processor; never in a processed batch)."""
         return self.tokenizer.convert_tokens_to_ids(self.processor.video_token)
 
+    def visual_token_ids(self) -> list[int]:
+        """``<IMG_CONTEXT>``: ``<img>`` / ``</img>`` and the frame labels are text."""
+        return [self.image_token_id]
+
     def media_token_ids(self) -> list[int]:
         """``<IMG_CONTEXT>``, ``<video>`` and the ``<img>`` / ``</img>`` markers around each tile run."""
         markers = self.tokenizer.convert_tokens_to_ids(["<img>", "</img>"])
         return [self.image_token_id, self.video_token_id, *markers]
-
-    def enable_modality_adaptive(self, num_modalities: int = 2):
-        """mPLUG-Owl2's modality-adaptive layers on the LLM; the ``<IMG_CONTEXT>`` tokens are visual
-        (modality 1), ``<img>`` / ``</img>`` and the frame labels text."""
-        from tpo.backbones.modality_adaptive import ModalityAdaptive
-
-        self.modality_adaptive = ModalityAdaptive.wrap(
-            self.model, num_modalities, visual_token_ids=[self.image_token_id]
-        )
-        return self.modality_adaptive
-
-    def lora_scope(self) -> tuple[nn.Module, str]:
-        return self.model, r"model\.language_model\."
 
     # ------------------------------------------------------------------ visual features
     def _tile_runs(self, input_ids: Tensor, tokens_per_tile: int) -> tuple[Tensor, Tensor]:
@@ -233,53 +188,3 @@ class InternVLBackbone(Backbone):
         fields = {"visual": visual, "visual_mask": mask, "visual_grid": self.grid_size(visual.shape[2]),
                   "frames": frames}
         return EncodedVisual({"image": encoded}, fields)
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict) -> BackboneOutput:
-        """Run the model on a batch; see the class docstring for the keys."""
-        encoded = self.encode_visual(batch)
-        out = self.lm_forward(batch, mm_encoder_outputs=encoded.mm_encoder_outputs or None)
-        hidden = out.hidden_states[-1]
-        return BackboneOutput(
-            loss=out.loss,
-            logits=out.logits,
-            hidden_states=hidden,
-            tasks=self.gather_tasks(batch["input_ids"], hidden),
-            **encoded.fields,
-        )
-
-    # ------------------------------------------------------------------ save / load
-    def _save_model(self, directory: Path) -> dict:
-        self.model.save_pretrained(directory / "model")
-        self.processor.save_pretrained(directory / "processor")
-        return {}
-
-    @classmethod
-    def _load(cls, directory: Path, config: dict, **model_kwargs) -> InternVLBackbone:
-        model = AutoModelForImageTextToText.from_pretrained(directory / "model", **model_kwargs)
-        return cls(model, _load_processor(directory / "processor"))
-
-    @classmethod
-    def _load_hf(cls, directory: Path, **model_kwargs) -> InternVLBackbone:
-        """A plain Hugging Face folder: ``config.json``, weights and the processor's files."""
-        processor = _load_processor(directory)
-        return cls(AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs), processor)
-
-
-def _load_processor(directory: Path) -> Any:
-    """The Hugging Face processor saved in ``directory``.
-
-    Raises:
-        FileNotFoundError: the folder lacks the processor's or the tokenizer's files (named).
-    """
-    missing = [
-        f"{what} ({' or '.join(names)})"
-        for what, names in _PROCESSOR_FILES.items()
-        if not any((directory / name).is_file() for name in names)
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"{directory}: no InternVL processor; missing the {', the '.join(missing)}. Save the "
-            "processor beside the model (processor.save_pretrained(folder))"
-        )
-    return AutoProcessor.from_pretrained(directory)

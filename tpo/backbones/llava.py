@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from transformers import BatchFeature
 
-from tpo.backbones.base import Backbone, BackboneOutput, EncodedVisual, group_frames, register_backbone
+from tpo.backbones.base import EncodedVisual, group_frames, register_backbone
+from tpo.backbones.hf import HFBackbone
 from tpo.tokens import TaskTokens
 
 __all__ = ["LlavaBackbone", "LlavaFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
@@ -102,14 +103,13 @@ class LlavaFamilyProcessor:
 
 
 @register_backbone(SUPPORTED_MODEL_TYPES)
-class LlavaBackbone(Backbone):
+class LlavaBackbone(HFBackbone):
     """A LLaVA-family model with TPO task tokens.
 
     Args:
         model: a ``*ForConditionalGeneration`` of one of :data:`SUPPORTED_MODEL_TYPES`.
         processor: its Hugging Face processor, or a :class:`LlavaFamilyProcessor`.
-        task_tokens: task tokens to attach (added to the tokenizer and embeddings if the tokenizer
-            lacks them); ``None`` for none.
+        task_tokens: task tokens to attach (see :class:`~tpo.backbones.hf.HFBackbone`).
 
     ``forward(batch)`` reads ``input_ids (B, L)``, ``attention_mask (B, L)``, optional
     ``labels (B, L)`` (-100 where ignored), ``pixel_values`` (+ ``image_sizes``,
@@ -122,56 +122,18 @@ class LlavaBackbone(Backbone):
     samples only where both give the same number of tokens per frame.
     """
 
+    supported_model_types = SUPPORTED_MODEL_TYPES
+
     def __init__(self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None) -> None:
-        super().__init__()
-        model_type = model.config.model_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model: model_type {model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
-            )
-        self.model = model
-        self.model_type = model_type
-        if not isinstance(processor, LlavaFamilyProcessor):
-            processor = LlavaFamilyProcessor(processor, frames_as_images=model_type == "llava")
-        self.processor = processor
-        self.visual_dim = model.config.text_config.hidden_size
+        super().__init__(model, processor, task_tokens=task_tokens)
         vision = model.config.vision_config
         side = vision.image_size // vision.patch_size
         self._image_grid = (side, side)
-        self.task_tokens = None
-        if task_tokens is not None:
-            if self._has_tokens(task_tokens):
-                task_tokens.bind(self.tokenizer)
-                self.task_tokens = task_tokens
-                self.install_injection_hook()
-            else:
-                self.attach_task_tokens(task_tokens)
 
-    def _has_tokens(self, task_tokens: TaskTokens) -> bool:
-        vocab = self.tokenizer.get_vocab()
-        return all(tok in vocab for spec in task_tokens.specs.values() for tok in spec.tokens)
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model
-
-    def enable_modality_adaptive(self, num_modalities: int = 2):
-        from tpo.backbones.modality_adaptive import ModalityAdaptive
-
-        ids = [i for i in (self.image_token_id, self.video_token_id) if i is not None]
-        self.modality_adaptive = ModalityAdaptive.wrap(self.model, num_modalities, visual_token_ids=ids)
-        return self.modality_adaptive
-
-    def lora_scope(self) -> tuple[nn.Module, str]:
-        return self.model, r"model\.language_model\."
-
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
-
-    @property
-    def video_token_id(self) -> int | None:
-        return getattr(self.model.config, "video_token_id", None)
+    def wrap_processor(self, processor: Any) -> LlavaFamilyProcessor:
+        if isinstance(processor, LlavaFamilyProcessor):
+            return processor
+        return LlavaFamilyProcessor(processor, frames_as_images=self.model_type == "llava")
 
     # ------------------------------------------------------------------ visual features
     def _image_features(self, batch: dict) -> tuple[Any, Tensor, int]:
@@ -280,38 +242,6 @@ class LlavaBackbone(Backbone):
         fields = {"visual": visual, "visual_mask": mask, "visual_grid": self.grid_size(visual.shape[2]),
                   "frames": frames}
         return EncodedVisual(mm, fields)
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict) -> BackboneOutput:
-        """Run the model on a batch; see the class docstring for the keys."""
-        encoded = self.encode_visual(batch)
-        out = self.lm_forward(batch, mm_encoder_outputs=encoded.mm_encoder_outputs or None)
-        hidden = out.hidden_states[-1]
-        return BackboneOutput(
-            loss=out.loss,
-            logits=out.logits,
-            hidden_states=hidden,
-            tasks=self.gather_tasks(batch["input_ids"], hidden),
-            **encoded.fields,
-        )
-
-    # ------------------------------------------------------------------ save / load
-    def _save_model(self, directory: Path) -> dict:
-        self.model.save_pretrained(directory / "model")
-        self.processor.save_pretrained(directory / "processor")
-        return {}
-
-    @classmethod
-    def _load(cls, directory: Path, config: dict, **model_kwargs) -> LlavaBackbone:
-        model = AutoModelForImageTextToText.from_pretrained(directory / "model", **model_kwargs)
-        processor = AutoProcessor.from_pretrained(directory / "processor")
-        return cls(model, processor)
-
-    @classmethod
-    def _load_hf(cls, directory: Path, **model_kwargs) -> LlavaBackbone:
-        """A plain Hugging Face model folder (``config.json`` + weights + processor files)."""
-        model = AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs)
-        return cls(model, AutoProcessor.from_pretrained(directory))
 
 
 def _stack_per_sample(items: list[list[Tensor]], name: str, *, strict: bool) -> tuple[Tensor | None, Tensor]:

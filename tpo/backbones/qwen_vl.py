@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from transformers import BatchFeature
 
-from tpo.backbones.base import Backbone, BackboneOutput, EncodedVisual, group_frames, register_backbone
+from tpo.backbones.base import EncodedVisual, group_frames, register_backbone
+from tpo.backbones.hf import HFBackbone
 from tpo.tokens import TaskTokens
 
 __all__ = ["QwenVLBackbone", "QwenVLProcessor", "SUPPORTED_MODEL_TYPES"]
@@ -45,8 +46,6 @@ __all__ = ["QwenVLBackbone", "QwenVLProcessor", "SUPPORTED_MODEL_TYPES"]
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 _FRAME_WRAPPING_TYPES = ("qwen3_vl",)  # the processor wraps each frame in vision start / end itself
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 _TEXT, _IMAGE, _VIDEO = 0, 1, 2  # the token types get_rope_index reads
 
 
@@ -143,7 +142,7 @@ class _Media:
 
 
 @register_backbone(SUPPORTED_MODEL_TYPES)
-class QwenVLBackbone(Backbone):
+class QwenVLBackbone(HFBackbone):
     """A Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with TPO task tokens.
 
     Args:
@@ -174,64 +173,25 @@ class QwenVLBackbone(Backbone):
     max(num_frames)``; zeros where padded).
     """
 
+    supported_model_types = SUPPORTED_MODEL_TYPES
+
     def __init__(self, model: nn.Module, processor: Any, *, task_tokens: TaskTokens | None = None) -> None:
-        super().__init__()
-        model_type = model.config.model_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model: model_type {model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
-            )
-        self.model = model
-        self.model_type = model_type
-        if not isinstance(processor, QwenVLProcessor):
-            processor = QwenVLProcessor(processor, model_type=model_type)
-        self.processor = processor
-        self.visual_dim = model.config.text_config.hidden_size
+        super().__init__(model, processor, task_tokens=task_tokens)
         vision = model.config.vision_config
         self.patch_size: int = vision.patch_size
         self.spatial_merge_size: int = vision.spatial_merge_size
         self.temporal_patch_size: int = vision.temporal_patch_size
-        self.task_tokens = None
-        if task_tokens is not None:
-            if self._has_tokens(task_tokens):
-                task_tokens.bind(self.tokenizer)
-                self.task_tokens = task_tokens
-                self.install_injection_hook()
-            else:
-                self.attach_task_tokens(task_tokens)
 
-    def _has_tokens(self, task_tokens: TaskTokens) -> bool:
-        vocab = self.tokenizer.get_vocab()
-        return all(tok in vocab for spec in task_tokens.specs.values() for tok in spec.tokens)
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model
-
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
-
-    @property
-    def video_token_id(self) -> int:
-        return self.model.config.video_token_id
+    def wrap_processor(self, processor: Any) -> QwenVLProcessor:
+        if isinstance(processor, QwenVLProcessor):
+            return processor
+        return QwenVLProcessor(processor, model_type=self.model_type)
 
     def media_token_ids(self) -> list[int]:
         """The image and video pads and the ``<|vision_start|>`` / ``<|vision_end|>`` around them."""
         config = self.model.config
         return [self.image_token_id, self.video_token_id, config.vision_start_token_id,
                 config.vision_end_token_id]
-
-    def enable_modality_adaptive(self, num_modalities: int = 2):
-        from tpo.backbones.modality_adaptive import ModalityAdaptive
-
-        self.modality_adaptive = ModalityAdaptive.wrap(
-            self.model, num_modalities, visual_token_ids=[self.image_token_id, self.video_token_id]
-        )
-        return self.modality_adaptive
-
-    def lora_scope(self) -> tuple[nn.Module, str]:
-        return self.model, r"model\.language_model\."
 
     # ------------------------------------------------------------------ positions
     def token_types(self, input_ids: Tensor) -> Tensor:
@@ -370,53 +330,6 @@ class QwenVLBackbone(Backbone):
             return EncodedVisual()
         stride = self.temporal_patch_size if "video" in mm else 1
         return EncodedVisual(mm, _visual_fields(per_sample, stride))
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict) -> BackboneOutput:
-        """Run the model on a batch; see the class docstring for the keys."""
-        encoded = self.encode_visual(batch)
-        out = self.lm_forward(batch, mm_encoder_outputs=encoded.mm_encoder_outputs or None)
-        hidden = out.hidden_states[-1]
-        return BackboneOutput(
-            loss=out.loss,
-            logits=out.logits,
-            hidden_states=hidden,
-            tasks=self.gather_tasks(batch["input_ids"], hidden),
-            **encoded.fields,
-        )
-
-    # ------------------------------------------------------------------ save / load
-    def _save_model(self, directory: Path) -> dict:
-        self.model.save_pretrained(directory / "model")
-        self.processor.save_pretrained(directory / "processor")
-        return {}
-
-    @classmethod
-    def _load(cls, directory: Path, config: dict, **model_kwargs) -> QwenVLBackbone:
-        model = AutoModelForImageTextToText.from_pretrained(directory / "model", **model_kwargs)
-        return cls(model, _load_processor(directory / "processor"))
-
-    @classmethod
-    def _load_hf(cls, directory: Path, **model_kwargs) -> QwenVLBackbone:
-        """A plain Hugging Face model folder (``config.json`` + weights + processor files)."""
-        processor = _load_processor(directory)
-        return cls(AutoModelForImageTextToText.from_pretrained(directory, **model_kwargs), processor)
-
-
-def _load_processor(directory: Path) -> Any:
-    """``AutoProcessor.from_pretrained(directory)``, after checking the folder holds processor files.
-
-    Raises:
-        FileNotFoundError: the folder lacks the image/video processor config or the tokenizer.
-    """
-    missing = [" or ".join(names) for names in (_PROCESSOR_FILES, _TOKENIZER_FILES)
-               if not any((directory / n).is_file() for n in names)]
-    if missing:
-        raise FileNotFoundError(
-            f"{directory}: no processor files ({'; '.join(missing)} missing); a Qwen-VL folder needs its "
-            "processor saved beside the model (processor.save_pretrained(folder))"
-        )
-    return AutoProcessor.from_pretrained(directory)
 
 
 def _visual_fields(per_sample: list[list[_Media]], stride: int) -> dict[str, Any]:
