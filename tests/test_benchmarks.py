@@ -105,10 +105,12 @@ def runs(request, tmp_path_factory):
         "data": ["--clips", 2, "--frames", 8, "--size", 32, "--sample", 4, "--rounds", 1],
         "heads": ["--hidden-size", 64, "--layers", 1, "--vocab-size", 512, "--seq-len", 72,
                   "--steps", 1, "--warmup", 0, "--device", "cpu"],
+        "scale": ["--tiny", "--repeats", 1, "--new-tokens", 3],
         # no official checkouts at these paths: our part runs, the comparisons are skipped
         "metrics": ["--qvhighlights", tmp / "qv", "--repeats", 1, "--frames", 3, "--height", 48,
-                    "--width", 64, "--moment-detr", tmp / "no_moment_detr",
-                    "--davis", tmp / "no_davis"],
+                    "--width", 64, "--folder-sequences", 2, "--folder-frames", 4, "--tracks", 2,
+                    "--track-frames", 5, "--moment-detr", tmp / "no_moment_detr",
+                    "--davis", tmp / "no_davis", "--got10k", tmp / "no_got10k"],
     }
     _write_qvhighlights(tmp / "qv")
     started: dict[str, BenchmarkRun] = {}
@@ -169,10 +171,12 @@ def test_heads_benchmark(runs):
 def test_metrics_benchmark(runs):
     """Without the official checkouts: our timings, and the comparisons said to be skipped."""
     out = runs["metrics"].stdout()
-    headlines(out, ["qvhighlights_ours_s", "jf_ours_s"])
+    headlines(out, ["qvhighlights_ours_s", "jf_ours_s", "davis_eval_ours_s", "got10k_eval_ours_s"])
     assert "QVHighlights, 6 queries" in out
-    assert out.count("skipping the comparison") == 2, out
-    assert "_speedup" not in out
+    assert "DAVIS folder, 2 sequences x 4 frames 48x64" in out
+    assert "GOT-10k, 2 sequences x 5 frames" in out
+    assert out.count("skipping the comparison") == 4, out
+    assert "_speedup" not in out and "_identical" not in out
 
 
 @pytest.mark.slow
@@ -181,3 +185,21 @@ def test_query_sensitivity_benchmark(runs):
     values = headlines(out, [f"query_sensitivity_ratio_{task}" for task in ("temporal", "box", "mask")])
     assert all(v > 0 for v in values.values())
     assert re.search(r"^track\s+n/a", out, re.M), out
+
+
+@pytest.mark.slow
+def test_scale_benchmark(runs):
+    """Both backbones at tiny widths, checkpointing off and on: every figure per backbone and
+    setting, the headlines, an export without vocabulary-sized tensors and a prediction that
+    matches the model's own generate."""
+    out = runs["scale"].stdout()
+    ratios = ["scale_step_ratio", "scale_peak_memory_ratio", "predict_latency_ratio"]
+    values = headlines(out, [*ratios, "scale_trainable_params", "scale_heads_export_mb",
+                             "scale_heads_export_vocab_tables"])
+    assert values["scale_heads_export_vocab_tables"] == 0
+    assert all(values[k] > 0 for k in ratios)
+    for backbone in ("llava_onevision", "qwen2_5_vl"):
+        for setting in ("off", "on"):
+            for figure in ("scale_step_ratio", "scale_peak_memory_ratio"):
+                assert re.search(rf"^{figure}_{backbone}_ckpt_{setting}: \d", out, re.M), out
+    assert out.count("prompt ids equal") == out.count("answers equal") == 2, out
