@@ -19,13 +19,40 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from tpo.backbones.base import Backbone, BackboneOutput, EncodedVisual
 from tpo.tokens import TaskTokens
 
-__all__ = ["HFBackbone", "PROCESSOR_FILES", "load_processor"]
+__all__ = ["HFBackbone", "PROCESSOR_FILES", "WrappedProcessor", "load_processor"]
 
 PROCESSOR_FILES = {
     "processor / image processor config": ("processor_config.json", "preprocessor_config.json"),
     "tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.json"),
 }
 """What a saved processor holds: one file of each group."""
+
+
+class WrappedProcessor:
+    """A Hugging Face processor as the collator uses it: the pass-through part every family's
+    wrapper shares (tokenizer, chat template, saving). Subclasses set ``image_token`` /
+    ``video_token`` (the text for one medium) and define ``__call__``."""
+
+    image_token: str
+    video_token: str
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.processor, "chat_template", None)
+
+    def apply_chat_template(self, conversation: list[dict], **kwargs) -> Any:
+        """The wrapped processor's ``apply_chat_template``."""
+        return self.processor.apply_chat_template(conversation, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.processor.save_pretrained(str(directory))
 
 
 def load_processor(directory: Path) -> Any:

@@ -21,7 +21,6 @@ when it fits one tile); the crops reach the LLM only.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from torch import Tensor
 from transformers import BatchFeature
 
 from tpo.backbones.base import EncodedVisual, group_frames, register_backbone
-from tpo.backbones.hf import HFBackbone
+from tpo.backbones.hf import HFBackbone, WrappedProcessor
 
 __all__ = ["InternVLBackbone", "InternVLFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
 
@@ -38,7 +37,7 @@ SUPPORTED_MODEL_TYPES = ("internvl",)
 
 
 
-class InternVLFamilyProcessor:
+class InternVLFamilyProcessor(WrappedProcessor):
     """An ``InternVLProcessor`` as the collator uses it.
 
     Texts carry :attr:`image_token` (``<IMG_CONTEXT>``) once per image and :attr:`video_token`
@@ -50,22 +49,9 @@ class InternVLFamilyProcessor:
     """
 
     def __init__(self, processor: Any) -> None:
-        self.processor = processor
+        super().__init__(processor)
         self.image_token: str = processor.image_token
         self.video_token: str = processor.video_token
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def chat_template(self) -> str | None:
-        """The processor's chat template (InternVL's ChatML with ``<IMG_CONTEXT>`` / ``<video>``)."""
-        return self.processor.chat_template
-
-    def apply_chat_template(self, conversation: list[dict] | list[list[dict]], **kwargs) -> Any:
-        """The wrapped processor's ``apply_chat_template``."""
-        return self.processor.apply_chat_template(conversation, **kwargs)
 
     def __call__(
         self,
@@ -86,9 +72,6 @@ class InternVLFamilyProcessor:
         kwargs.setdefault("return_tensors", "pt")
         kwargs.setdefault("padding", True)
         return self.processor(text=texts, images=images or None, videos=videos or None, **kwargs)
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        self.processor.save_pretrained(str(directory))
 
 
 @register_backbone(SUPPORTED_MODEL_TYPES)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from transformers import BatchFeature
 
 from tpo.backbones.base import EncodedVisual, group_frames, register_backbone
-from tpo.backbones.hf import HFBackbone
+from tpo.backbones.hf import HFBackbone, WrappedProcessor
 from tpo.tokens import TaskTokens
 
 __all__ = ["LlavaBackbone", "LlavaFamilyProcessor", "SUPPORTED_MODEL_TYPES"]
@@ -30,7 +29,7 @@ SUPPORTED_MODEL_TYPES = ("llava", "llava_onevision", "llava_next_video", "video_
 _VIDEO_MODEL_TYPES = ("llava_onevision", "llava_next_video", "video_llava")
 
 
-class LlavaFamilyProcessor:
+class LlavaFamilyProcessor(WrappedProcessor):
     """A Hugging Face LLaVA processor that also takes videos for image-only models.
 
     Texts carry :attr:`image_token` once per image and :attr:`video_token` once per video; the
@@ -44,22 +43,10 @@ class LlavaFamilyProcessor:
     """
 
     def __init__(self, processor: Any, *, frames_as_images: bool) -> None:
-        self.processor = processor
+        super().__init__(processor)
         self.frames_as_images = frames_as_images
         self.image_token: str = processor.image_token
         self.video_token: str = "<video>" if frames_as_images else processor.video_token
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def chat_template(self) -> str | None:
-        return getattr(self.processor, "chat_template", None)
-
-    def apply_chat_template(self, conversation: list[dict], **kwargs) -> Any:
-        """The wrapped processor's ``apply_chat_template``."""
-        return self.processor.apply_chat_template(conversation, **kwargs)
 
     def __call__(
         self,
@@ -97,9 +84,6 @@ class LlavaFamilyProcessor:
                     parts.append(piece)
             out_texts.append("".join(parts))
         return out_texts, out_images
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        self.processor.save_pretrained(str(directory))
 
 
 @register_backbone(SUPPORTED_MODEL_TYPES)

@@ -30,7 +30,6 @@ What the family does and how the backbone follows it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from transformers import BatchFeature
 
 from tpo.backbones.base import EncodedVisual, group_frames, register_backbone
-from tpo.backbones.hf import HFBackbone
+from tpo.backbones.hf import HFBackbone, WrappedProcessor
 from tpo.tokens import TaskTokens
 
 __all__ = ["QwenVLBackbone", "QwenVLProcessor", "SUPPORTED_MODEL_TYPES"]
@@ -49,7 +48,7 @@ _FRAME_WRAPPING_TYPES = ("qwen3_vl",)  # the processor wraps each frame in visio
 _TEXT, _IMAGE, _VIDEO = 0, 1, 2  # the token types get_rope_index reads
 
 
-class QwenVLProcessor:
+class QwenVLProcessor(WrappedProcessor):
     """A Hugging Face Qwen-VL processor with the markers TPO's collator writes.
 
     Texts carry :attr:`image_token` once per image and :attr:`video_token` once per video, what
@@ -77,25 +76,13 @@ class QwenVLProcessor:
                 f"processor: {type(processor).__name__} lacks {missing}; expected a Qwen-VL processor "
                 "(Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor)"
             )
-        self.processor = processor
+        super().__init__(processor)
         self.model_type = model_type
         self.image_token: str = VISION_START + processor.image_token + VISION_END
         wraps_frames = model_type in _FRAME_WRAPPING_TYPES
         self.video_token: str = processor.video_token if wraps_frames else (
             VISION_START + processor.video_token + VISION_END
         )
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def chat_template(self) -> str | None:
-        return getattr(self.processor, "chat_template", None)
-
-    def apply_chat_template(self, conversation: list[dict], **kwargs) -> Any:
-        """The wrapped processor's ``apply_chat_template``."""
-        return self.processor.apply_chat_template(conversation, **kwargs)
 
     def __call__(
         self,
@@ -124,9 +111,6 @@ class QwenVLProcessor:
         if videos:
             out["video_num_frames"] = torch.tensor([len(v) for v in videos], dtype=torch.long)
         return out
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        self.processor.save_pretrained(str(directory))
 
 
 @dataclass
