@@ -301,3 +301,20 @@ def test_one_predicate_names_the_peft_parameters():
     base = ["m.q_proj.base_layer.weight", "m.embed_tokens.token_adapter.base_layer.weight",
             "m.lm_head.original_module.weight", "m.flora_proj.weight", "backbone.task_tokens.embeddings.box"]
     assert all(map(is_lora_parameter, adapters)) and not any(map(is_lora_parameter, base))
+
+
+def test_local_window_limits_the_first_llm_layer_to_the_last_tokens(tmp_path):
+    backbone = tiny_llava("llava_onevision", local_window=4)
+    lm = backbone.model.model.language_model
+    ids = torch.randint(10, 50, (1, 12))
+    changed = ids.clone()
+    changed[0, 0] = 60
+    with torch.no_grad():
+        first, second = (lm(input_ids=x, output_hidden_states=True).hidden_states for x in (ids, changed))
+    moved = (first[1] - second[1]).abs().sum(-1)[0]  # after the first (local) layer
+    assert (moved[:4] > 0).all() and (moved[4:] == 0).all()
+    assert ((first[2] - second[2]).abs().sum(-1)[0, 4:] > 0).all()  # the second layer is global
+    backbone.save_pretrained(tmp_path)
+    assert type(backbone).from_pretrained(tmp_path).model.config.text_config.sliding_window == 4
+    with pytest.raises(ValueError, match="local_window"):
+        tiny_llava("llava", local_window=4)

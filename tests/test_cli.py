@@ -80,5 +80,5 @@ def test_demo_config_trains_the_model_tpo_demo_trains():
     from tpo.demo import DEMO_MODEL
 
     model = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "demo.yaml").model)
-    model.pop("schedule_steps")
+    model.pop("schedule_seconds")
     assert model == DEMO_MODEL

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tpo.heads import BoxHead, BoxOutput
 from tpo.losses import BoxCriterion, weighted
+from tpo.losses.box import box_delta_loss
 from tpo.ops.boxes import box_iou_elementwise, boxes_to_pixels
 
 D, DV, N = 16, 12, 16
@@ -62,7 +65,7 @@ def test_gradients_reach_task_embeddings_and_visual():
     task.requires_grad_(True)
     visual.requires_grad_(True)
     losses = head.loss(head(task, visual), {"boxes": TARGET})
-    assert set(losses) == {"loss_bbox", "loss_giou", "loss_patch"} == set(head.weight_dict)
+    assert set(losses) == {"loss_bbox", "loss_giou", "loss_delta", "loss_patch"} == set(head.weight_dict)
     for name, value in losses.items():
         task_grad, visual_grad = torch.autograd.grad(value, (task, visual), retain_graph=True)
         assert task_grad.abs().sum() > 0 and visual_grad.abs().sum() > 0, name
@@ -79,6 +82,16 @@ def test_criterion_hand_computed():
     scaled = weighted(losses, criterion.weight_dict)  # DETR's weights 5 and 2
     assert scaled["loss_bbox"].item() == pytest.approx(5 * 0.2)
     assert scaled["loss_giou"].item() == pytest.approx(2 * 0.5)
+    # deltas (0, 0, log(0.2 / 0.4), log(0.2 / 0.2)) -> smooth-L1 (beta 1/9): |log 0.5| - 1/18
+    assert losses["loss_delta"].item() == pytest.approx(math.log(2) - 1 / 18)
+
+
+def test_delta_loss_is_scale_free():
+    small = box_delta_loss(torch.tensor([[0.51, 0.5, 0.1, 0.1]]), torch.tensor([[0.5, 0.5, 0.1, 0.1]]))
+    big = box_delta_loss(torch.tensor([[0.6, 0.5, 1.0, 1.0]]), torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+    torch.testing.assert_close(small, big)
+    same = torch.tensor([[0.3, 0.4, 0.2, 0.1]])
+    assert box_delta_loss(same, same.clone()).item() == 0
 
 
 def test_no_valid_box_gives_zero_terms_still_in_the_graph():

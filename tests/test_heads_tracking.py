@@ -93,7 +93,8 @@ def test_gradients_reach_task_embeddings_from_every_term():
     task, frames, targets = _batch()
     task.requires_grad_(True)
     losses = head.loss(head(task, frames), targets)
-    assert set(losses) == {"loss_bbox", "loss_giou", "loss_visible", "loss_patch"} == set(head.weight_dict)
+    terms = {"loss_bbox", "loss_giou", "loss_delta", "loss_visible", "loss_patch"}
+    assert set(losses) == terms == set(head.weight_dict)
     for name, value in losses.items():
         (grad,) = torch.autograd.grad(value, task, retain_graph=True)
         assert grad.abs().sum() > 0, name

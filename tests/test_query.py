@@ -98,3 +98,59 @@ def test_query_words_off_leaves_task_embeddings_as_the_llm_gives_them(synthetic)
     gathered = out.tasks["box"]
     assert module.query_words is None
     assert torch.equal(module.head_embeddings(batch, gathered.embeds, gathered.batch_index), gathered.embeds)
+
+
+def test_weight_scales_the_added_words_and_zero_returns_the_embeddings():
+    words = QueryWords(vocab_size=6, embed_dim=4)
+    embeds, ids = torch.randn(2, 4), torch.tensor([[1, 2], [3, 4]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    full = words(embeds, ids, mask) - embeds
+    words.weight = 0.25
+    torch.testing.assert_close(words(embeds, ids, mask) - embeds, 0.25 * full)
+    words.weight = 0.0
+    assert words(embeds, ids, mask) is embeds
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fade_follows_the_clock_and_removes_the_table_at_zero():
+    from types import SimpleNamespace
+
+    from tpo.query import QueryWordsFade
+
+    words = QueryWords(vocab_size=4, embed_dim=2)
+    module = SimpleNamespace(query_words=words, model=SimpleNamespace(query_words=words))
+    clock = _Clock()
+    fade = QueryWordsFade(seconds=10.0, clock=clock)
+    fade.on_train_start(None, module)
+    seen = []
+    for now in (0.0, 2.5, 7.5, 10.0, 30.0):
+        clock.now = now
+        fade.on_train_batch_start(None, module, None, 0)
+        seen.append(words.weight)
+    assert seen == [1.0, 0.75, 0.25, 0.0, 0.0]
+    fade.on_train_end(None, module)
+    assert module.model.query_words is None
+
+
+def test_fade_keeps_the_table_when_training_stops_before_it_ends():
+    from types import SimpleNamespace
+
+    from tpo.query import QueryWordsFade
+
+    words = QueryWords(vocab_size=4, embed_dim=2)
+    module = SimpleNamespace(query_words=words, model=SimpleNamespace(query_words=words))
+    clock = _Clock()
+    fade = QueryWordsFade(seconds=10.0, clock=clock)
+    fade.on_train_start(None, module)
+    clock.now = 4.0
+    fade.on_train_batch_start(None, module, None, 0)
+    fade.on_train_end(None, module)
+    assert module.model.query_words is words and words.weight == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="no query words to fade"):
+        fade.on_train_start(None, SimpleNamespace(query_words=None))

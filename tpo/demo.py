@@ -62,6 +62,7 @@ DEMO_MODEL: dict[str, Any] = {
         "num_layers": 2,
         "vision_hidden_size": 64,
         "vision_layers": 2,
+        "local_window": 8,
     },
     "heads": {
         "temporal": {
@@ -85,7 +86,7 @@ DEMO_MODEL: dict[str, Any] = {
         "llm": 1e-3,
     },
     "warmup_ratio": 0.02,
-    "query_words": True,
+    "query_words": False,
 }
 
 #: How often each task's samples are drawn (temporal grounding learns slowest, so most often).
@@ -152,6 +153,11 @@ class RunConfig:
             (:meth:`~tpo.tasks.Task.textual_answer`); every task needs a ``textual_form``.
         conversation: train on the conversation data too (language loss only).
         query_words: the heads also read the query's words (:class:`~tpo.query.QueryWords`).
+        query_words_fade: with a value ``f`` in (0, 1), the query words scaffold the first ``f``
+            of the budget and fade out (:class:`~tpo.query.QueryWordsFade`); the trained model has
+            none. ``None``: no scaffold (unless ``query_words``, which keeps them throughout).
+        echo_query: every task answer restates the query before the task call (or the textual
+            answer): ``"the red circle <box_begin><box>"`` (:func:`~tpo.datamodules.prompts.make_prompt`).
         seed: torch's seed at the start and the training sampler's seed.
         minutes: training time budget (wall clock).
         batch_size: samples per training and evaluation batch.
@@ -162,6 +168,8 @@ class RunConfig:
     textual: bool = False
     conversation: bool = True
     query_words: bool = DEMO_MODEL["query_words"]
+    query_words_fade: float | None = None
+    echo_query: bool = True
     seed: int = 0
     minutes: float = 8.0
     batch_size: int = 16
@@ -174,8 +182,13 @@ class RunConfig:
         if unknown:
             raise ValueError(f"tasks: {unknown} are not tasks of the demo's model "
                              f"({list(DEMO_MODEL['heads'])})")
-        if self.textual and self.query_words:
+        if self.textual and (self.query_words or self.query_words_fade is not None):
             raise ValueError("query_words: a textual run has no heads for the query words to feed")
+        if self.query_words and self.query_words_fade is not None:
+            raise ValueError("query_words, query_words_fade: words kept throughout or faded out, not both")
+        if self.query_words_fade is not None and not 0 < self.query_words_fade < 1:
+            raise ValueError(f"query_words_fade: expected a fraction of the budget in (0, 1), got "
+                             f"{self.query_words_fade}")
         no_text = [t for t in self.tasks if not get_task(t).textual_form] if self.textual else []
         if no_text:
             raise ValueError(f"tasks: {no_text} have no textual form (Task.textual_form), so a "
@@ -221,15 +234,17 @@ def module_config(run: RunConfig) -> dict[str, Any]:
     heads (none when ``textual``), ``query_words`` and ``modality_adaptive``."""
     heads = {} if run.textual else {t: spec for t, spec in DEMO_MODEL["heads"].items() if t in run.tasks}
     backbone = {**DEMO_MODEL["backbone"], "modality_adaptive": run.modality_adaptive}
-    return {**DEMO_MODEL, "backbone": backbone, "heads": heads, "query_words": run.query_words}
+    words = run.query_words or run.query_words_fade is not None
+    return {**DEMO_MODEL, "backbone": backbone, "heads": heads, "query_words": words}
 
 
 def make_module(run: RunConfig) -> TPOModule:
-    """The untrained module of a run; its cosine schedule assumes ~2.4 steps per second of budget."""
+    """The untrained module of a run; its warmup and cosine follow the wall clock over the run's
+    budget (:class:`~tpo.schedules.WallClockCosine`), so every machine and every variant of an
+    ablation ends its schedule with its minutes."""
     from tpo.module import TPOModule
 
-    steps_estimate = max(50, int(run.minutes * 60 * 2.4))
-    return TPOModule(**module_config(run), schedule_steps=steps_estimate)
+    return TPOModule(**module_config(run), schedule_seconds=run.minutes * 60)
 
 
 def make_data_module(run: RunConfig, data_root: Path, backbone: Backbone) -> MultiTaskDataModule:
@@ -241,7 +256,8 @@ def make_data_module(run: RunConfig, data_root: Path, backbone: Backbone) -> Mul
     from tpo.datamodules.synthetic import SyntheticDataset
 
     data = SyntheticDataset.load(data_root)
-    options = {"num_frames": DEMO_DATA["num_frames"], "seed": run.seed, "cache": True, "textual": run.textual}
+    options = {"num_frames": DEMO_DATA["num_frames"], "seed": run.seed, "cache": True, "textual": run.textual,
+               "echo_query": run.echo_query}
     split = {split: {name: synthetic_task_dataset(data, name, split, sampling=sampling, **options)
                      for name in run.datasets}
              for split, sampling in (("train", "random"), ("val", "uniform"))}
@@ -266,10 +282,14 @@ def validate(module: TPOModule, loader: DataLoader) -> dict[str, float]:
 def fit_run(module: TPOModule, data: MultiTaskDataModule, run: RunConfig, progress: bool
             ) -> tuple[LossHistory, int]:
     """Train for ``run.minutes`` of wall clock; returns the loss history and the steps taken."""
+    from tpo.query import QueryWordsFade
+
     history = LossHistory()
+    fade = ([] if run.query_words_fade is None
+            else [QueryWordsFade(seconds=run.query_words_fade * run.minutes * 60)])
     trainer = _make_trainer(
         max_time={"seconds": int(run.minutes * 60)},
-        callbacks=[history, *([progress_bar_callback()] if progress else [])],
+        callbacks=[history, *fade, *([progress_bar_callback()] if progress else [])],
         log_every_n_steps=10,
         enable_progress_bar=progress,
         limit_val_batches=0,

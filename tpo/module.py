@@ -28,6 +28,7 @@ from tpo.backbones.base import Backbone, BackboneOutput
 from tpo.callbacks import NONFINITE_MODES, NonFiniteLoss, NonFiniteLossError
 from tpo.export import HEADS_CONFIG, HEADS_WEIGHTS
 from tpo.model import TaskModel, label_tokens, seeded_rng
+from tpo.schedules import WallClockCosine
 from tpo.scoring import TaskMetrics
 from tpo.stages import get_stage
 
@@ -47,6 +48,10 @@ class TPOModule(L.LightningModule):
         warmup_ratio: fraction of the optimizer steps spent in linear warmup.
         schedule_steps: the cosine schedule's length in optimizer steps (default: the trainer's
             estimate, from ``max_steps`` or ``max_epochs``).
+        schedule_seconds: instead, the schedule's length in seconds of training (wall clock), for
+            a run limited by ``max_time``: the warmup and the cosine follow the time elapsed since
+            the optimizer was built, so they end with the budget whatever the step rate
+            (:class:`~tpo.schedules.WallClockCosine`; a resumed run starts its clock afresh).
         init_from: a Lightning checkpoint of the previous stage whose weights start this one (the
             optimizer starts afresh): ``tpo fit ... --model.init_from stage1.ckpt``.
         nonfinite: what a NaN or infinite training loss term does: ``"stop"`` or ``"skip"``
@@ -62,7 +67,8 @@ class TPOModule(L.LightningModule):
         self, *, backbone: Backbone | Mapping[str, Any], heads: Mapping[str, Mapping] | None = None,
         loss_weights: Mapping[str, float] | None = None, lm_weight: float = 1.0, stage: str = "stage2",
         lora: Mapping[str, Any] | None = None, learning_rates: Mapping[str, float] | None = None,
-        warmup_ratio: float = 0.03, schedule_steps: int | None = None, init_from: str | None = None,
+        warmup_ratio: float = 0.03, schedule_steps: int | None = None,
+        schedule_seconds: float | None = None, init_from: str | None = None,
         nonfinite: str | None = "stop", query_words: bool = False,
     ) -> None:
         super().__init__()
@@ -78,7 +84,12 @@ class TPOModule(L.LightningModule):
         if unknown := set(self.learning_rates) - {g.name for g in self.stage.groups}:
             raise ValueError(f"learning_rates: {sorted(unknown)} are not parameter groups of stage "
                              f"{self.stage.name!r} ({[g.name for g in self.stage.groups]})")
+        if schedule_steps is not None and schedule_seconds is not None:
+            raise ValueError("schedule_steps, schedule_seconds: give at most one schedule length")
+        if schedule_seconds is not None and not schedule_seconds > 0:
+            raise ValueError(f"schedule_seconds: expected > 0, got {schedule_seconds}")
         self.warmup_ratio, self.schedule_steps = warmup_ratio, schedule_steps
+        self.schedule_seconds = schedule_seconds
         if init_from is not None:
             export.load_checkpoint_weights(self, init_from)
         self.stage.assign(self.model)
@@ -240,10 +251,15 @@ class TPOModule(L.LightningModule):
         for group in groups:
             group["lr"] = self.learning_rates.get(group["name"], group["lr"])
         optimizer = torch.optim.AdamW(groups)
+        if self.schedule_seconds is not None:
+            scheduler = WallClockCosine(optimizer, seconds=self.schedule_seconds,
+                                        warmup_ratio=self.warmup_ratio)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         total = self.schedule_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError("schedule_steps: the trainer has no step limit (max_time only); give "
-                             "TPOModule(schedule_steps=...) for the cosine schedule's length")
+                             "TPOModule(schedule_steps=...) or schedule_seconds for the cosine "
+                             "schedule's length")
         total = max(1, int(total))
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -117,6 +117,15 @@ def _llama_config(vocab_size: int, hidden_size: int, num_layers: int, cls=LlamaC
     )
 
 
+def _local_layers(num_layers: int, window: int | None) -> dict:
+    """Qwen2 config keywords: the first of ``num_layers`` layers a sliding window of ``window``."""
+    if window is None:
+        return {}
+    types = ["sliding_attention"] + ["full_attention"] * (num_layers - 1)
+    return {"use_sliding_window": True, "sliding_window": window, "layer_types": types,
+            "max_window_layers": num_layers}
+
+
 def tiny_llava(
     kind: str = "llava",
     *,
@@ -130,6 +139,7 @@ def tiny_llava(
     tokenizer=None,
     seed: int = 0,
     with_task_tokens: bool = True,
+    local_window: int | None = None,
 ) -> LlavaBackbone:
     """A tiny LLaVA-family backbone with task tokens attached, built from configs.
 
@@ -145,9 +155,17 @@ def tiny_llava(
         tokenizer: a tokenizer with ``<image>`` / ``<video>`` tokens; a tiny one is trained if None.
         seed: seeds the random initialisation.
         with_task_tokens: attach task tokens (False: a plain backbone, as a user's own copy).
+        local_window: the first LLM layer attends to the last ``local_window`` tokens only
+            (sliding-window attention; the other layers attend to everything), as Gemma 2 / 3
+            alternate local and global layers. A token then reads the words just before it in a
+            layer of its own, instead of one word among every video token; ``llava_onevision``
+            only (its Qwen2 LLM has sliding windows).
     """
     if kind not in TINY_LLAVA_KINDS:
         raise ValueError(f"kind: expected one of {TINY_LLAVA_KINDS}, got {kind!r}")
+    if local_window is not None and (kind != "llava_onevision" or local_window < 1):
+        raise ValueError(f"local_window: expected a window >= 1 with kind 'llava_onevision' (a Qwen2 "
+                         f"LLM), got {local_window!r} with kind {kind!r}")
     torch.manual_seed(seed)
     tokenizer = tokenizer or train_tiny_tokenizer()
     vocab = len(tokenizer)
@@ -187,7 +205,8 @@ def tiny_llava(
     elif kind == "llava_onevision":
         config = LlavaOnevisionConfig(
             vision_config=SiglipVisionConfig(**vision),
-            text_config=_llama_config(vocab, hidden_size, num_layers, Qwen2Config),
+            text_config=_llama_config(vocab, hidden_size, num_layers, Qwen2Config, **_local_layers(
+                num_layers, local_window)),
             image_token_index=image_id,
             video_token_index=video_id,
             image_grid_pinpoints=pinpoints,

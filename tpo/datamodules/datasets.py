@@ -85,7 +85,7 @@ class TaskDataset(Dataset):
     task: str = ""
 
     def __init__(self, samples: Sequence, *, on_error: str = "raise", seed: int = 0,
-                 textual: bool = False, cache: bool = False) -> None:
+                 textual: bool = False, echo_query: bool = False, cache: bool = False) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error: expected 'raise' or 'skip', got {on_error!r}")
         if not len(samples):
@@ -94,6 +94,7 @@ class TaskDataset(Dataset):
         self.on_error = on_error
         self.seed = seed
         self.textual = textual
+        self.echo_query = echo_query
         self.cache = cache
         self._readers: dict = {}
         self._masks: dict = {}
@@ -177,7 +178,7 @@ class MomentDataset(TaskDataset):
         else:
             t = clip.timestamps[:, None]
             saliency = ((t >= s.windows[:, 0]) & (t < s.windows[:, 1])).any(1)
-        prompt = make_prompt(self.task, s.query, seed=rng, textual=self.textual,
+        prompt = make_prompt(self.task, s.query, seed=rng, textual=self.textual, echo_query=self.echo_query,
                              windows_s=s.windows)
         return {"task": self.task, "id": s.qid,
                 "video": resize_frames(clip.frames, self.frame_size),
@@ -209,6 +210,7 @@ class RefDataset(TaskDataset):
         x1, y1, x2, y2 = np.clip(s.box_xyxy, 0, [w, h, w, h])  # within the half-pixel tolerance
         box = xywh_to_cxcywh_normalised([x1, y1, x2 - x1, y2 - y1], h, w)
         prompt = make_prompt(self.task, s.expression, seed=rng, textual=self.textual,
+                             echo_query=self.echo_query,
                              box=np.array([x1 / w, y1 / h, x2 / w, y2 / h]))
         image = resize_frames(image[None], self.frame_size)[0]
         return {"task": self.task, "id": s.ref_id, "image": image,
@@ -246,6 +248,7 @@ class TrackDataset(TaskDataset):
         boxes = np.where(visible[:, None], np.clip(boxes, 0, 1), 0).astype(np.float32)
         corners = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
         prompt = make_prompt(self.task, s.description, seed=rng, textual=self.textual,
+                             echo_query=self.echo_query,
                              boxes=corners)  # textual tracks are [x1, y1, x2, y2] per frame
         return {"task": self.task, "id": s.name,
                 "video": resize_frames(clip.frames, self.frame_size),
@@ -281,7 +284,7 @@ class MaskDataset(TaskDataset):
         if masks.shape[1:] != clip.frames.shape[1:3]:
             raise ValueError(f"sample {s.name}: masks are {masks.shape[1:]} but frames are "
                              f"{clip.frames.shape[1:3]}")
-        prompt = make_prompt(self.task, s.expression, seed=rng)
+        prompt = make_prompt(self.task, s.expression, seed=rng, echo_query=self.echo_query)
         return {"task": self.task, "id": s.name,
                 "video": resize_frames(clip.frames, self.frame_size),
                 "turns": [(prompt.instruction, prompt.answer)], "query": prompt.query,

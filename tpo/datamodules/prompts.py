@@ -36,7 +36,8 @@ def textual_answer(task: str, **values) -> str:
 
 
 def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Generator = 0,
-                template: int | None = None, textual: bool = False, **answer_values) -> Prompt:
+                template: int | None = None, textual: bool = False, echo_query: bool = False,
+                **answer_values) -> Prompt:
     """The instruction and answer of one task sample.
 
     Args:
@@ -46,6 +47,10 @@ def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Ge
         seed: an int or a generator choosing the paraphrase.
         template: a fixed paraphrase index instead of a random one.
         textual: answer with numbers (see :func:`textual_answer`, which takes ``answer_values``).
+        echo_query: the answer first restates the query, then calls the task (or gives the
+            numbers): ``"the red circle <box_begin><box>"``, as grounded captioners phrase a
+            region (Kosmos-2, Shikra). The task token then sits a few tokens after the words
+            naming the object, in text the LM itself wrote, instead of a whole prompt away.
 
     Returns:
         A :class:`Prompt`; with ``textual=False`` its answer is ``begin_token + placeholder_token``.
@@ -58,6 +63,6 @@ def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Ge
     index = int(rng.integers(len(options))) if template is None else template
     query = (query or task_obj.default_query).strip().rstrip(".")
     instruction = options[index].format(query=query, **task_obj.prompt_fields())
-    if textual:
-        return Prompt(instruction, task_obj.textual_answer(**answer_values), query)
-    return Prompt(instruction, task_obj.spec.begin_token + task_obj.spec.placeholder_token, query)
+    answer = (task_obj.textual_answer(**answer_values) if textual
+              else task_obj.spec.begin_token + task_obj.spec.placeholder_token)
+    return Prompt(instruction, f"{query} {answer}" if echo_query else answer, query)

@@ -50,7 +50,7 @@ class BoxHead(CountedLoss, nn.Module):
         num_layers: decoder layers used when ``visual`` is given.
         dim_feedforward: feed-forward width.
         dropout: dropout in the decoder layers.
-        criterion: the loss; default :class:`BoxCriterion` (L1 5, GIoU 2, patch KL 1).
+        criterion: the loss; default :class:`BoxCriterion` (L1 5, GIoU 2, deltas 1, patch KL 1).
     """
 
     def __init__(
@@ -116,8 +116,8 @@ class BoxHead(CountedLoss, nn.Module):
         *,
         normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """Unweighted ``loss_bbox``, ``loss_giou`` (and ``loss_patch`` with visual tokens) against
-        ``targets["boxes"] (B, 4)`` normalised cxcywh; weights in :attr:`weight_dict`.
+        """Unweighted ``loss_bbox``, ``loss_giou``, ``loss_delta`` (and ``loss_patch`` with visual
+        tokens) against ``targets["boxes"] (B, 4)`` normalised cxcywh; weights in :attr:`weight_dict`.
         ``normalizers`` as :mod:`tpo.losses.normalizers` (default this batch's counts).
 
         ``ValueError`` naming ``targets['boxes']`` and the sample for a wrong shape, a NaN box, a

@@ -96,7 +96,7 @@ class TrackingHead(CountedLoss, nn.Module):
         dropout: dropout in the transformer layers.
         visible_threshold: visibility probability above which ``postprocess`` calls a frame
             visible.
-        criterion: the loss; default :class:`TrackingCriterion` (L1 5, GIoU 2, patch KL 1,
+        criterion: the loss; default :class:`TrackingCriterion` (L1 5, GIoU 2, deltas 1, patch KL 1,
             visibility 1).
     """
 
@@ -189,7 +189,7 @@ class TrackingHead(CountedLoss, nn.Module):
         *,
         normalizers: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """Unweighted ``loss_bbox``, ``loss_giou``, ``loss_patch`` (visible frames) and
+        """Unweighted ``loss_bbox``, ``loss_giou``, ``loss_delta``, ``loss_patch`` (visible frames) and
         ``loss_visible``; weights in :attr:`weight_dict`.
 
         Args:

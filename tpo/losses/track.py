@@ -15,18 +15,20 @@ __all__ = ["TrackingCriterion"]
 class TrackingCriterion(nn.Module):
     """Per-frame box loss on visible frames plus visibility BCE.
 
-    Terms (unweighted; ``weight_dict`` holds the weights): ``loss_bbox`` (5), ``loss_giou`` (2)
-    and, with patch scores, ``loss_patch`` (1) from :class:`BoxCriterion` over visible frames;
-    ``loss_visible`` (1): BCE of the visibility logits against the visible flags, mean over all
-    frames. Means over the visible ``"boxes"`` and over all ``"frames"``
+    Terms (unweighted; ``weight_dict`` holds the weights): ``loss_bbox`` (5), ``loss_giou`` (2),
+    ``loss_delta`` (1) and, with patch scores, ``loss_patch`` (1) from :class:`BoxCriterion` over
+    visible frames; ``loss_visible`` (1): BCE of the visibility logits against the visible flags,
+    mean over all frames. Means over the visible ``"boxes"`` and over all ``"frames"``
     (:mod:`tpo.losses.normalizers`).
     """
 
     count_keys = ("boxes", "frames")
 
-    def __init__(self, *, weight_l1: float = 5.0, weight_giou: float = 2.0, weight_visible: float = 1.0):
+    def __init__(self, *, weight_l1: float = 5.0, weight_giou: float = 2.0, weight_delta: float = 1.0,
+                 weight_patch: float = 1.0, weight_visible: float = 1.0):
         super().__init__()
-        self.box = BoxCriterion(weight_l1=weight_l1, weight_giou=weight_giou)
+        self.box = BoxCriterion(weight_l1=weight_l1, weight_giou=weight_giou, weight_delta=weight_delta,
+                                weight_patch=weight_patch)
         self.weight_dict = {**self.box.weight_dict, "loss_visible": weight_visible}
 
     @staticmethod
