@@ -1,11 +1,13 @@
 """Does a trained model's task embedding read the query words? Trained vs untrained, in one run.
 
 For each task, held-out questions go through the backbone twice: as written, and with every
-colour word swapped for another colour (in the instruction and in the query the heads read with
-``query_words``). The figure is the relative change of the task embedding a head receives (hidden
-state at the task placeholder, plus the query words where the model has them),
-``|e_swapped - e| / |e|``, averaged over the questions; a head can only tell the two objects of
-a clip apart through that change. The same
+colour word swapped for another colour (in the instruction, in the answer's restated query as
+``tpo demo`` trains with ``echo_query``, and in the query the heads read with ``query_words``).
+The figure is the change of the task embedding a head receives (hidden state at the task
+placeholder, plus the query words where the model has them) relative to how far apart the
+embeddings of different questions lie: ``|e_swapped - e| / mean_i |e_i - mean(e)|`` over a batch,
+averaged over the questions. A head can only tell the two objects of a clip apart through that
+change; near 0 the embedding does not say which object the question names. The same
 is measured on an untrained model of the same configuration (the reference), on the same
 batches, and the ratio trained / untrained is printed per task (``query_sensitivity_ratio_<task>``):
 below 1 means training taught the LLM to ignore the words.
@@ -42,8 +44,9 @@ def swap_colour_words(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
 
 @torch.no_grad()
 def sensitivity(models: dict[str, TPOModule], data_root: str, batches: int) -> dict[str, dict[str, float]]:
-    """``{model: {task: mean relative change of the task embedding when the colour words are
-    swapped}}``; every model reads the same held-out batches (collated once, by the first
+    """``{model: {task: mean change of the task embedding when the colour words are swapped,
+    relative to the batch's spread}}`` (the spread: the mean distance of the batch's embeddings
+    from their mean); every model reads the same held-out batches (collated once, by the first
     model's backbone: the models share one configuration, hence one tokenizer)."""
     first = next(iter(models.values()))
     changes: dict[str, dict[str, list[float]]] = {name: {} for name in models}
@@ -52,7 +55,7 @@ def sensitivity(models: dict[str, TPOModule], data_root: str, batches: int) -> d
     for task in first.heads:
         data = MultiTaskDataModule.from_synthetic(
             data_root, backbone=first.backbone, batch_size=8, num_frames=8, seed=0, num_workers=0,
-            tasks=(task,),
+            tasks=(task,), echo_query=True,
         )
         data.setup("validate")
         loader = data.val_dataloader()
@@ -68,7 +71,8 @@ def sensitivity(models: dict[str, TPOModule], data_root: str, batches: int) -> d
                 other["query_ids"] = swap_colour_words(batch["query_ids"], first.backbone.tokenizer)
             for name, module in models.items():
                 plain, swapped = (head_embeddings(module, b, task) for b in (batch, other))
-                change = (swapped - plain).norm(dim=-1) / plain.norm(dim=-1)
+                spread = (plain - plain.mean(0)).norm(dim=-1).mean()
+                change = (swapped - plain).norm(dim=-1) / spread
                 changes[name].setdefault(task, []).extend(change.tolist())
     return {name: {task: sum(v) / len(v) for task, v in per_task.items()}
             for name, per_task in changes.items()}

@@ -103,7 +103,8 @@ def test_a_generated_text_becomes_the_answer_of_the_task_asked():
 def test_tasks_and_variants_parse_with_defaults():
     assert parse_tasks(None) == ("temporal", "box", "track", "mask")
     assert parse_tasks(" box,temporal ") == ("box", "temporal")
-    assert parse_variants(None, ("temporal",)) == ["tpo", "textual", "no_conversation", "query_words"]
+    assert parse_variants(None, ("temporal",)) == ["tpo", "textual", "no_conversation", "query_words",
+                                                   "no_scaffold"]
     assert parse_variants(None, ("temporal", "box"))[2:4] == ["single:temporal", "single:box"]
     assert parse_variants("tpo, single:box", ("temporal", "box")) == ["tpo", "single:box"]
 
@@ -127,12 +128,16 @@ def test_bad_variants_and_tasks_are_named(variants, tasks, message, tmp_path, ca
 def test_each_variant_changes_one_thing_from_tpo():
     tasks = ("temporal", "mask")
     runs = {v: variant_run(v, tasks, seed=1, minutes=2.0, batch_size=4)
-            for v in ("tpo", "textual", "single:mask", "no_conversation", "query_words")}
+            for v in ("tpo", "textual", "single:mask", "no_conversation", "query_words", "no_scaffold")}
     assert runs["tpo"].tasks == tasks and runs["tpo"].conversation and not runs["tpo"].query_words
+    assert runs["tpo"].scaffold_seconds == pytest.approx(0.4 * 120)
+    assert runs["no_scaffold"].scaffold_seconds is None
+    assert runs["textual"].scaffold_seconds is None and runs["query_words"].scaffold_seconds is None
     assert runs["textual"].textual and runs["textual"].tasks == ("temporal",)  # masks have no text
     assert runs["single:mask"].tasks == ("mask",) and runs["single:mask"].conversation
     assert not runs["no_conversation"].conversation and runs["no_conversation"].tasks == tasks
     assert runs["query_words"].query_words
+    assert runs["no_scaffold"].tasks == tasks and not runs["no_scaffold"].query_words
     assert {(r.seed, r.minutes, r.batch_size) for r in runs.values()} == {(1, 2.0, 4)}
 
 

@@ -3,8 +3,9 @@
 Every run trains the demo's model (:data:`~tpo.demo.DEMO_MODEL`) for the same minutes on the same
 data (``DIR/data``, written once) and is scored on the held-out split. The variants:
 
-- ``tpo``: a head per task of ``--tasks``, co-trained with the conversation data (no query words:
-  the paper's model);
+- ``tpo``: a head per task of ``--tasks``, co-trained with the conversation data; the query words
+  scaffold the first 40 % of the budget and are then removed (:class:`~tpo.query.QueryWordsFade`),
+  so the model scored is the paper's (heads on the task embeddings and visual features only);
 - ``textual``: no heads; the LLM writes timestamps and boxes as text
   (:meth:`~tpo.tasks.Task.textual_answer`), scored by parsing its generated answers
   (:meth:`~tpo.tasks.Task.parse_textual_answer`) with the same metrics. Tasks without a textual
@@ -13,7 +14,8 @@ data (``DIR/data``, written once) and is scored on the held-out split. The varia
   against ``tpo`` isolates the other tasks and the conversation loss stays comparable (the
   conversation data is what ``no_conversation`` takes away);
 - ``no_conversation``: ``tpo`` without the conversation data;
-- ``query_words``: ``tpo`` with the query-word side channel (``TPOModule(query_words=True)``).
+- ``query_words``: ``tpo`` with the query-word side channel kept throughout (``TPOModule(query_words=True)``);
+- ``no_scaffold``: ``tpo`` without the scaffold (the heads never see the query words).
 
 Each row of the results has a ``mode``: ``teacher-forced`` (the heads on the teacher-forced task
 tokens, as the demo's validation metrics) or ``generated`` (the model answers each held-out question
@@ -65,6 +67,7 @@ BASE_VARIANTS: dict[str, str] = {
     "textual": "no heads: the LLM writes timestamps and boxes as text, parsed and scored",
     "no_conversation": "heads for all tasks, no conversation data",
     "query_words": "tpo with the query-word side channel (TPOModule(query_words=True))",
+    "no_scaffold": "tpo without the query-word scaffold of the first 40 % of the budget",
 }
 SINGLE = "single:"
 SINGLE_DESCRIPTION = "one head alone, with the conversation data"
@@ -73,7 +76,8 @@ VARIANT_CHANGES: dict[str, dict[str, Any]] = {
     "tpo": {},
     "textual": {"textual": True},
     "no_conversation": {"conversation": False},
-    "query_words": {"query_words": True},
+    "query_words": {"query_words": True, "query_words_fade": None},
+    "no_scaffold": {"query_words_fade": None},
 }
 TEACHER, GENERATED = "teacher-forced", "generated"
 LM_LOSS = "LM loss"
@@ -101,7 +105,7 @@ def default_variants(tasks: Sequence[str]) -> list[str]:
     """Every base variant, plus ``single:<task>`` per task when there are several (with one task,
     ``single:<task>`` trains what ``tpo`` trains)."""
     singles = [f"{SINGLE}{t}" for t in tasks] if len(tasks) > 1 else []
-    return ["tpo", "textual", *singles, "no_conversation", "query_words"]
+    return ["tpo", "textual", *singles, "no_conversation", "query_words", "no_scaffold"]
 
 
 def check_variant(variant: str, tasks: Sequence[str]) -> None:
@@ -525,7 +529,8 @@ def ablate_main(argv: list[str] | None = None) -> int:
         prog="tpo ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
     parser.add_argument("--variants", help="comma-separated: tpo, textual, single:<task>, no_conversation, "
-                        "query_words (default all; single:<task> per task when --tasks has several)")
+                        "query_words, no_scaffold (default all; single:<task> per task when --tasks has "
+                        "several)")
     parser.add_argument("--tasks", help="comma-separated tasks trained and scored (default "
                         f"{','.join(BUILTIN_TASKS)})")
     parser.add_argument("--minutes", type=float, default=4.0, help="training time per run")

@@ -268,11 +268,13 @@ class MultiTaskDataModule(L.LightningDataModule):
     def from_synthetic(cls, root: str | os.PathLike, *,
                        tasks: Sequence[str] = SYNTHETIC_TASKS,
                        num_frames: int | None = None, frame_size: tuple[int, int] | None = None,
-                       on_error: str = "raise", cache: bool = True,
+                       on_error: str = "raise", cache: bool = True, echo_query: bool = False,
                        **kwargs) -> MultiTaskDataModule:
         """A data module over a :func:`~tpo.datamodules.make_synthetic_dataset` folder, read
         through the public format readers; random frame sampling for training, uniform for
-        validation; ``cache`` keeps the decoded clips in memory (see the datasets)."""
+        validation; ``cache`` keeps the decoded clips in memory (see the datasets);
+        ``echo_query``: answers restate the query (as ``tpo demo`` trains,
+        :func:`~tpo.datamodules.prompts.make_prompt`)."""
         unknown = [t for t in tasks if t not in SYNTHETIC_TASKS]
         if unknown:
             raise ValueError(f"tasks: unknown {unknown}; the synthetic dataset has "
@@ -280,7 +282,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         data = SyntheticDataset.load(root)
         num_frames = num_frames or data.num_frames
         common = {"num_frames": num_frames, "on_error": on_error, "frame_size": frame_size,
-                  "seed": kwargs.get("seed", 0), "cache": cache}
+                  "seed": kwargs.get("seed", 0), "cache": cache, "echo_query": echo_query}
         train = {t: synthetic_task_dataset(data, t, "train", sampling="random", **common)
                  for t in tasks}
         val = ({t: synthetic_task_dataset(data, t, "val", sampling="uniform", **common) for t in tasks}
