@@ -163,7 +163,8 @@ GOOD_TARGETS = {
 
 def test_weighted_names_the_term_without_a_weight(heads, outputs):
     terms = heads["box"].loss(outputs["box"], {"boxes": BOX_TARGET})
-    with pytest.raises(ValueError, match=r"weight_dict: no weight for the loss terms \['loss_patch'\]"):
+    missing = r"weight_dict: no weight for the loss terms \['loss_delta', 'loss_patch'\]"
+    with pytest.raises(ValueError, match=missing):
         weighted(terms, {"loss_bbox": 5.0, "loss_giou": 2.0})
 
 

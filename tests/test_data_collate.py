@@ -218,7 +218,7 @@ def test_echo_query_restates_the_query_before_the_task_call():
     plain = make_prompt("box", "the red circle.", seed=3)
     echo = make_prompt("box", "the red circle.", seed=3, echo_query=True)
     assert echo.instruction == plain.instruction and echo.query == plain.query == "the red circle"
-    assert echo.answer == "the red circle <box_begin><box>"
+    assert echo.answer == "the red circle <box_begin><boxes>"
     text = make_prompt("temporal", "the dog runs", textual=True, echo_query=True,
                        windows_s=np.array([[1.0, 2.5]]))
     assert text.answer == "the dog runs from 1.0 to 2.5 seconds"

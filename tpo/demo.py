@@ -161,7 +161,7 @@ class RunConfig:
             demo's 0.4: without it the mask head stayed near chance in the budget (J&F 0.61 vs
             0.85 for the mask task alone in 2.5 min, ``tpo ablate --variants no_scaffold``).
         echo_query: every task answer restates the query before the task call (or the textual
-            answer): ``"the red circle <box_begin><box>"`` (:func:`~tpo.datamodules.prompts.make_prompt`).
+            answer): ``"the red circle <box_begin><boxes>"`` (:func:`~tpo.datamodules.prompts.make_prompt`).
         seed: torch's seed at the start and the training sampler's seed.
         minutes: training time budget (wall clock).
         batch_size: samples per training and evaluation batch.

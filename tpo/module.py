@@ -203,8 +203,9 @@ class TPOModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: Mapping[str, Any], prefix: str) -> None:
         out = self.model(batch)
-        if out.loss is not None:
-            self.log(f"{prefix}/lm_loss", out.loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        tokens = int(label_tokens(batch)) if out.loss is not None else 0
+        if tokens:  # weighted by label tokens: the epoch's value is the mean over all of them
+            self.log(f"{prefix}/lm_loss", out.loss, batch_size=tokens, sync_dist=True)
         _, correct = self.model.assignment(batch, out)
         self.metrics.update(self.model, batch, self.model.run_heads(batch, out), correct)
 

@@ -48,7 +48,7 @@ def make_prompt(task: str, query: str | None = None, *, seed: int | np.random.Ge
         template: a fixed paraphrase index instead of a random one.
         textual: answer with numbers (see :func:`textual_answer`, which takes ``answer_values``).
         echo_query: the answer first restates the query, then calls the task (or gives the
-            numbers): ``"the red circle <box_begin><box>"``, as grounded captioners phrase a
+            numbers): ``"the red circle <box_begin><boxes>"``, as grounded captioners phrase a
             region (Kosmos-2, Shikra). The task token then sits a few tokens after the words
             naming the object, in text the LM itself wrote, instead of a whole prompt away.
 
