@@ -26,15 +26,7 @@ from tpo.ops.spans import span_cxw_to_se, temporal_iou
 STEPS, LR, SPAN_IOU, BOX_IOU = 400, 1e-3, 0.9, 0.85
 D, DV = 32, 24
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _random_boxes(generator: torch.Generator, *shape: int) -> torch.Tensor:

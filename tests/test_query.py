@@ -118,7 +118,8 @@ class _Clock:
         return self.now
 
 
-def test_fade_follows_the_clock_and_removes_the_table_at_zero():
+def _fading(seconds: float = 10.0):
+    """A QueryWordsFade on a fake clock over a stand-in module holding query words, started."""
     from types import SimpleNamespace
 
     from tpo.query import QueryWordsFade
@@ -126,8 +127,13 @@ def test_fade_follows_the_clock_and_removes_the_table_at_zero():
     words = QueryWords(vocab_size=4, embed_dim=2)
     module = SimpleNamespace(query_words=words, model=SimpleNamespace(query_words=words))
     clock = _Clock()
-    fade = QueryWordsFade(seconds=10.0, clock=clock)
+    fade = QueryWordsFade(seconds=seconds, clock=clock)
     fade.on_train_start(None, module)
+    return fade, module, words, clock
+
+
+def test_fade_follows_the_clock_and_removes_the_table_at_zero():
+    fade, module, words, clock = _fading()
     seen = []
     for now in (0.0, 2.5, 7.5, 10.0, 30.0):
         clock.now = now
@@ -141,13 +147,7 @@ def test_fade_follows_the_clock_and_removes_the_table_at_zero():
 def test_fade_keeps_the_table_when_training_stops_before_it_ends():
     from types import SimpleNamespace
 
-    from tpo.query import QueryWordsFade
-
-    words = QueryWords(vocab_size=4, embed_dim=2)
-    module = SimpleNamespace(query_words=words, model=SimpleNamespace(query_words=words))
-    clock = _Clock()
-    fade = QueryWordsFade(seconds=10.0, clock=clock)
-    fade.on_train_start(None, module)
+    fade, module, words, clock = _fading()
     clock.now = 4.0
     fade.on_train_batch_start(None, module, None, 0)
     fade.on_train_end(None, module)
