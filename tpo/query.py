@@ -102,7 +102,7 @@ class QueryWordsFade(Callback):
         if not seconds > 0:
             raise ValueError(f"seconds: expected > 0, got {seconds}")
         self.seconds, self.clock = seconds, clock
-        self.start: float | None = None
+        self.start = clock()  # reset when training starts
 
     @staticmethod
     def _words(pl_module) -> QueryWords:
@@ -117,7 +117,7 @@ class QueryWordsFade(Callback):
         self.start = self.clock()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        elapsed = self.clock() - (self.start if self.start is not None else self.clock())
+        elapsed = self.clock() - self.start
         self._words(pl_module).weight = max(0.0, 1.0 - elapsed / self.seconds)
 
     def on_train_end(self, trainer, pl_module) -> None:
