@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tpo.heads import TemporalGroundingHead, TemporalGroundingOutput
 from tpo.heads.base import sine_position_2d
+from tpo.heads.temporal import clip_evidence_span
 from tpo.losses import TemporalGroundingCriterion, saliency_from_spans, weighted
 from tpo.ops.spans import span_cxw_to_se, temporal_iou
 
@@ -149,7 +150,70 @@ def test_saliency_from_spans_hand_computed():
     assert saliency_from_spans(span, half).tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
-def test_no_targets_only_label_term_is_nonzero():
+def test_clip_loss_hand_computed_over_valid_clips():
+    criterion = TemporalGroundingCriterion()
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 0.0, 9.0, 9.0]])
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    targets = [{"spans": torch.tensor([[0.375, 0.25]])}, {"spans": torch.zeros(0, 2)}]  # clip 1 of 4
+    labels = [[0, 1, 0, 0], [0, 0]]
+
+    def bce(x: float, y: int) -> float:
+        p = 1 / (1 + torch.exp(torch.tensor(-x)).item())
+        return -(y * torch.log(torch.tensor(p)) + (1 - y) * torch.log(torch.tensor(1 - p))).item()
+
+    terms = [bce(logits[b, t].item(), y) for b in range(2) for t, y in enumerate(labels[b])]
+    got = criterion.clip_loss(logits, mask, targets)
+    assert got.item() == pytest.approx(sum(terms) / 6, rel=1e-6)
+    output = TemporalGroundingOutput(torch.rand(2, 3, 2) * 0.2 + 0.3, torch.zeros(2, 3), logits, mask)
+    assert criterion.counts(output, targets)["clips"].item() == 6
+    output.clip_logits = logits
+    doubled = {**criterion.counts(output, targets), "clips": torch.tensor(12.0)}
+    halved = criterion(output, targets, normalizers=doubled)
+    assert halved["loss_clip"].item() == pytest.approx(got.item() / 2, rel=1e-6)
+
+
+def test_clip_loss_trains_the_frame_pooling_not_the_encoder():
+    torch.manual_seed(0)
+    head = _head()
+    task, _, mask, targets = _batch()
+    tokens = torch.randn(4, T, 4, DV)
+    task.requires_grad_(True)
+    loss = head.loss(head(task, tokens, mask), targets)["loss_clip"]
+    loss.backward()
+    for module in (head.frame_attn, head.task_proj, head.clip_query, head.video_proj):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert task.grad.abs().sum() > 0
+    assert all(p.grad is None for p in head.encoder.parameters())
+    assert all(p.grad is None for p in head.span_head.parameters())
+
+
+def test_clip_evidence_span_hand_computed():
+    certain = torch.tensor([[-30.0, 30.0, 30.0, -30.0, 5.0, 5.0]])
+    mask = torch.tensor([[True, True, True, True, False, False]])
+    torch.testing.assert_close(clip_evidence_span(certain, mask), torch.tensor([[0.5, 0.5]]))
+    logits = torch.tensor([[0.0, 1.0, -1.0]])
+    p = logits.sigmoid()[0]
+    x = torch.tensor([1 / 6, 3 / 6, 5 / 6])
+    expected = torch.tensor([[(p * x).sum() / p.sum(), p.sum() / 3]])
+    torch.testing.assert_close(clip_evidence_span(logits, torch.ones(1, 3, dtype=torch.bool)), expected)
+    everything = torch.full((1, 3), 30.0)
+    assert clip_evidence_span(everything, torch.ones(1, 3, dtype=torch.bool))[0, 1].item() == 1.0
+
+
+def test_decoder_spans_start_from_the_clip_evidence_anchor():
+    torch.manual_seed(0)
+    head = _head(num_decoder_layers=2).eval()
+    task, video, mask, _ = _batch()
+    last = head.span_head.layers[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    output = head(task, video, mask)
+    anchor = clip_evidence_span(output.clip_logits, mask).clamp(1e-3, 1 - 1e-3)
+    for spans, _ in (*output.aux, (output.spans, output.logits)):
+        torch.testing.assert_close(spans, anchor[:, None].expand_as(spans))
+
+
+def test_no_targets_only_label_and_clip_terms_are_nonzero():
     torch.manual_seed(0)
     head = _head()
     task, video, mask, _ = _batch()
@@ -157,14 +221,14 @@ def test_no_targets_only_label_term_is_nonzero():
     losses = head.loss(head(task, video, mask), empty)
     assert losses["loss_span"].item() == 0 and losses["loss_giou"].item() == 0
     assert losses["loss_saliency"].item() == 0
-    assert losses["loss_label"].item() > 0
+    assert losses["loss_label"].item() > 0 and losses["loss_clip"].item() > 0
     assert all(value.requires_grad for value in losses.values())  # in the graph without a `* 0` term
 
 
 def test_weight_dict_has_paper_weights_for_every_decoder_layer():
     head = _head(num_decoder_layers=3)
     spans, giou, label = 10.0, 1.0, 4.0  # Moment-DETR
-    expected = {"loss_saliency": 1.0}
+    expected = {"loss_saliency": 1.0, "loss_clip": 1.0}
     for s in ("", "_0", "_1"):
         expected.update({f"loss_span{s}": spans, f"loss_giou{s}": giou, f"loss_label{s}": label})
     assert head.weight_dict == expected

@@ -23,7 +23,12 @@ from tpo.heads.base import (
 from tpo.losses.temporal import TemporalGroundingCriterion
 from tpo.ops.spans import span_cxw_to_se, temporal_nms
 
-__all__ = ["TemporalGroundingHead", "TemporalGroundingOutput", "TemporalGroundingPrediction"]
+__all__ = [
+    "TemporalGroundingHead",
+    "TemporalGroundingOutput",
+    "TemporalGroundingPrediction",
+    "clip_evidence_span",
+]
 
 
 @dataclass
@@ -36,6 +41,8 @@ class TemporalGroundingOutput:
         saliency: ``(B, T)`` per-clip saliency scores (meaningless where ``video_mask`` is False).
         video_mask: ``(B, T)`` bool, True for real clips.
         aux: per earlier decoder layer, ``(spans (B, Q, 2), logits (B, Q))``.
+        clip_logits: ``(B, T)`` logit that each clip lies inside a queried moment, read from the
+            pooled clip features before the encoder (``None`` for outputs built without it).
     """
 
     spans: Tensor
@@ -43,6 +50,32 @@ class TemporalGroundingOutput:
     saliency: Tensor
     video_mask: Tensor
     aux: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    clip_logits: Tensor | None = None
+
+
+def clip_evidence_span(clip_logits: Tensor, video_mask: Tensor) -> Tensor:
+    """The span that per-clip evidence points at: its probability-weighted center and width.
+
+    With ``p_t = sigmoid(clip_logits[t])`` on the valid clips (0 on padding) and ``x_t`` the
+    normalised center of clip ``t`` among the ``L`` valid ones, the center is
+    ``sum_t p_t x_t / sum_t p_t`` and the width ``sum_t p_t / L`` (clamped to 1): for a block of
+    confident clips, exactly that block.
+
+    Args:
+        clip_logits: ``(B, T)`` per-clip logits.
+        video_mask: ``(B, T)`` bool, True for real clips.
+
+    Returns:
+        ``(B, 2)`` normalised (center, width) in ``[0, 1]``.
+    """
+    mask = video_mask.to(clip_logits.dtype)
+    probability = clip_logits.sigmoid() * mask
+    length = mask.sum(1).clamp(min=1)
+    position = (mask.cumsum(1) - 0.5) / length[:, None]
+    mass = probability.sum(1)
+    center = (probability * position).sum(1) / mass.clamp(min=1e-6)
+    width = (mass / length).clamp(max=1.0)
+    return torch.stack((center, width), dim=1)
 
 
 @dataclass
@@ -65,9 +98,16 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
     Input projections map clip features and the task embedding to ``hidden_dim``; a
     transformer encoder runs over ``[task; clips]`` with sine positions on the clips; learnable
     moment queries, shifted by the encoded task token, attend to the encoder memory in a
-    transformer decoder. Every decoder layer predicts spans (sigmoid of an MLP) and foreground
-    logits (auxiliary outputs for all but the last). Saliency is the scaled dot product of each
-    encoded clip with the encoded task token.
+    transformer decoder. Every decoder layer predicts spans and foreground logits (auxiliary
+    outputs for all but the last). Saliency is the scaled dot product of each encoded clip with
+    the encoded task token.
+
+    Before the encoder, a per-clip logit (``clip_logits``: the pooled clip feature against a
+    projection of the task) says whether each clip belongs to the queried moment; the loss
+    supervises it densely, like the per-patch terms of the box heads. Its detached
+    :func:`clip_evidence_span` anchors every decoder layer: a layer's span is
+    ``sigmoid(logit(anchor) + MLP(query))``, so the queries refine where the clips point
+    instead of having to discover it from a constant start.
 
     Per-frame tokens ``(B, T, N, D_v)`` become one feature per clip by ``frame_pooling``:
     ``"mean"`` over the ``N`` tokens, or ``"attention"``: the projected task embedding attends to
@@ -149,6 +189,7 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         self.span_head = MLP(in_dim=hidden_dim, hidden_dim=hidden_dim, out_dim=2, num_layers=DETR_MLP_LAYERS)
         self.saliency_clip = nn.Linear(hidden_dim, hidden_dim)
         self.saliency_task = nn.Linear(hidden_dim, hidden_dim)
+        self.clip_query = nn.Linear(hidden_dim, hidden_dim)
         self.criterion = criterion
 
     def forward(
@@ -188,6 +229,9 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         length = video.shape[1]
         task = self.task_proj(task_embeds) + self.task_type
         clips = self._clip_features(video, task, grid_size)
+        clip_logits = (clips * self.clip_query(task)[:, None]).sum(-1) / math.sqrt(self.hidden_dim)
+        anchor = torch.logit(clip_evidence_span(clip_logits.detach().float(), video_mask), eps=1e-3)
+        anchor = anchor.to(clips.dtype)[:, None]
         clips = clips + sine_position_1d(length, self.hidden_dim, video.device)
         src = torch.cat((task[:, None], clips), dim=1)
         padding = torch.cat((torch.zeros_like(video_mask[:, :1]), ~video_mask), dim=1)
@@ -201,7 +245,8 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
         for layer in self.decoder_layers:
             hidden = layer(hidden, memory, memory_key_padding_mask=padding)
             normed = self.decoder_norm(hidden)
-            per_layer.append((self.span_head(normed).sigmoid(), self.class_head(normed)[..., 0]))
+            spans = (anchor + self.span_head(normed)).sigmoid()
+            per_layer.append((spans, self.class_head(normed)[..., 0]))
         spans, logits = per_layer[-1]
         return TemporalGroundingOutput(
             spans=spans,
@@ -209,6 +254,7 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
             saliency=saliency,
             video_mask=video_mask,
             aux=per_layer[:-1],
+            clip_logits=clip_logits,
         )
 
     def _clip_features(self, video: Tensor, task: Tensor, grid_size: tuple[int, int] | None) -> Tensor:
@@ -228,8 +274,8 @@ class TemporalGroundingHead(CountedLoss, nn.Module):
     def loss_counts(
         self, output: TemporalGroundingOutput, targets: list[dict[str, Tensor]]
     ) -> dict[str, Tensor]:
-        """Matched ``"spans"``, label weights of the ``"queries"`` and samples with
-        ``"saliency"`` pairs: what the terms average over."""
+        """Matched ``"spans"``, label weights of the ``"queries"``, samples with ``"saliency"``
+        pairs and valid ``"clips"``: what the terms average over."""
         return self.criterion.counts(output, targets)
 
     def loss(

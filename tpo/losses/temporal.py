@@ -22,6 +22,7 @@ class _SpanOutput(Protocol):
     saliency: Tensor
     video_mask: Tensor
     aux: list[tuple[Tensor, Tensor]]
+    clip_logits: Tensor | None
 
 
 def saliency_from_spans(spans: Tensor, valid: Tensor) -> Tensor:
@@ -59,17 +60,23 @@ class TemporalGroundingCriterion(nn.Module):
       valid clips whose target saliency satisfies ``y_i > y_j``, mean over pairs, then over
       samples that have pairs. Targets come from ``"saliency"`` or, when absent, from the
       windows (clips whose center lies in a window are 1, others 0).
+    - ``loss_clip``: dense BCE of the head's ``clip_logits (B, T)`` against the window targets
+      of :func:`saliency_from_spans` (clip inside a window or not), mean over all valid
+      ``"clips"`` of the batch, samples without windows included (all clips 0). Not in
+      Moment-DETR: it gives the head's frame pooling a per-clip signal from the first step, as
+      the box heads' per-patch terms do.
 
     A sample with no windows contributes only to ``loss_label`` (all queries background); with
     no window in the batch the span terms are 0, still in the graph of the spans. The means are
     over the items of ``count_keys`` (:mod:`tpo.losses.normalizers`). ``weight_saliency=0``
-    leaves ``loss_saliency`` out.
+    leaves ``loss_saliency`` out, ``weight_clip=0`` ``loss_clip`` (as does an output without
+    ``clip_logits``).
 
     ``num_aux_layers``: the decoder layers before the last whose outputs (``output.aux``) are
     supervised too (DETR's auxiliary losses); their terms take the last layer's weights.
     """
 
-    count_keys = ("spans", "queries", "saliency")
+    count_keys = ("spans", "queries", "saliency", "clips")
 
     def __init__(
         self,
@@ -81,6 +88,7 @@ class TemporalGroundingCriterion(nn.Module):
         eos_coef: float = 0.1,
         weight_saliency: float = 1.0,
         saliency_margin: float = 0.2,
+        weight_clip: float = 1.0,
         num_aux_layers: int = 0,
     ):
         super().__init__()
@@ -93,6 +101,7 @@ class TemporalGroundingCriterion(nn.Module):
         for layer in range(num_aux_layers):
             self.weight_dict.update({f"{name}_{layer}": w for name, w in set_weights.items()})
         self.weight_dict["loss_saliency"] = weight_saliency
+        self.weight_dict["loss_clip"] = weight_clip
 
     @staticmethod
     def check_targets(targets: list[dict[str, Tensor]], video_mask: Tensor) -> None:
@@ -195,10 +204,23 @@ class TemporalGroundingCriterion(nn.Module):
         num = normalizer(normalizers, "saliency", has_pairs.sum().float())
         return torch.where(has_pairs, per_sample, 0.0).sum() / num
 
+    def clip_loss(
+        self,
+        clip_logits: Tensor,
+        video_mask: Tensor,
+        targets: list[dict[str, Tensor]],
+        normalizers: Normalizers | None = None,
+    ) -> Tensor:
+        """BCE of ``clip_logits (B, T)`` against the windows' clip targets, mean over valid clips."""
+        labels = torch.stack([saliency_from_spans(t["spans"], video_mask[b]) for b, t in enumerate(targets)])
+        per_clip = F.binary_cross_entropy_with_logits(clip_logits.float(), labels, reduction="none")
+        num = normalizer(normalizers, "clips", video_mask.sum().float())
+        return (per_clip * video_mask).sum() / num
+
     def counts(self, output: _SpanOutput, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The items the terms average over (:mod:`tpo.losses.normalizers`): matched ``"spans"``
         (``min(Q, n_b)`` per sample, the same in every decoder layer), the label weights of all
-        ``"queries"`` and the samples with ``"saliency"`` pairs."""
+        ``"queries"``, the samples with ``"saliency"`` pairs and the valid ``"clips"``."""
         self.check_targets(targets, output.video_mask)
         batch, queries = output.logits.shape
         matched = float(sum(min(queries, len(t["spans"])) for t in targets))
@@ -208,6 +230,7 @@ class TemporalGroundingCriterion(nn.Module):
             "spans": torch.tensor(matched, device=device),
             "queries": torch.tensor(matched + self.eos_coef * (batch * queries - matched), device=device),
             "saliency": has_pairs.sum().float(),
+            "clips": output.video_mask.sum().float(),
         }
 
     def forward(
@@ -221,11 +244,11 @@ class TemporalGroundingCriterion(nn.Module):
 
         Args:
             output: a ``TemporalGroundingOutput`` with ``spans (B, Q, 2)``, ``logits (B, Q)``,
-                ``saliency (B, T)``, ``video_mask (B, T)`` and ``aux`` (``num_aux_layers``
-                entries).
+                ``saliency (B, T)``, ``video_mask (B, T)``, ``aux`` (``num_aux_layers``
+                entries) and optionally ``clip_logits (B, T)``.
             targets: ``B`` dicts, ``"spans"`` ``(n_b, 2)`` normalised (center, width),
                 optional ``"saliency"`` ``(T,)``.
-            normalizers: ``{"spans", "queries", "saliency"}`` over all processes (default this
+            normalizers: ``{"spans", "queries", "saliency", "clips"}`` over all processes (default this
                 batch's :meth:`counts`).
         """
         self.check_targets(targets, output.video_mask)
@@ -241,4 +264,6 @@ class TemporalGroundingCriterion(nn.Module):
             losses["loss_saliency"] = self.saliency_loss(
                 output.saliency, output.video_mask, targets, normalizers
             )
+        if self.weight_dict["loss_clip"] and output.clip_logits is not None:
+            losses["loss_clip"] = self.clip_loss(output.clip_logits, output.video_mask, targets, normalizers)
         return losses
