@@ -200,7 +200,7 @@ def test_a_task_registered_outside_the_library_trains_scores_exports_and_answers
     before = _point_loss(restored, batch)
     restored.train()
     optimizer = torch.optim.AdamW([p for p in restored.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(40):
+    for _ in range(60):
         optimizer.zero_grad()
         restored.training_step(batch, 0).backward()
         optimizer.step()

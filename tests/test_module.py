@@ -122,7 +122,9 @@ def test_fit_then_validate_logs_losses_and_both_metric_modes(synthetic, tmp_path
     assert "train/lm_loss" in metrics and "val/lm_loss" in metrics and "val/assign_acc" in metrics
     for task, key in (("temporal", "R1@0.5"), ("box", "acc@0.5"), ("track", "success"), ("mask", "J&F")):
         teacher, generated = metrics[f"val/{task}/{key}"], metrics[f"val_generated/{task}/{key}"]
-        assert 0 <= generated <= teacher + 1e-6 <= 1 + 1e-6
+        assert 0 <= generated <= 1 + 1e-6 and 0 <= teacher <= 1 + 1e-6
+        if task != "mask":  # a missed mask call scores as an empty mask, which DAVIS credits
+            assert generated <= teacher + 1e-6  # on the frames without the object
     predictions = trainer.predict(module, dm.val_dataloader())
     first = predictions[0][0]
     assert first["task"] in {"temporal", "box", "track", "mask", None}

@@ -47,8 +47,8 @@ def test_ddp_validation_with_a_task_on_one_rank_and_odd_counts_equals_one_proces
     assert {"val/temporal/R1@0.5", "val/box/acc@0.5", "val/track/success", "val/mask/J&F",
             "val/assign_acc", "val_generated/box/acc@0.5"} <= set(keys)
     assert set(keys) <= set(logged[2])
-    for key in keys:
-        assert logged[2][key] == logged[1][key], key
+    for key in keys:  # means of float32 scores summed per process, then across: rounding only
+        assert logged[2][key] == pytest.approx(logged[1][key], rel=1e-6, abs=1e-7), key
 
 
 @pytest.mark.slow
