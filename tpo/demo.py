@@ -90,11 +90,10 @@ DEMO_MODEL: dict[str, Any] = {
     "loss_weights": {"mask": 2.0},
 }
 
-#: How often each task's samples are drawn. Temporal grounding, whose decoder starts from the
-#: clips' evidence span, learns in a few hundred steps; the mask head is the slowest to learn.
+#: How often each task's samples are drawn.
 DEMO_TASK_WEIGHTS: dict[str, float] = {
-    "temporal": 0.20,
-    "mask": 0.30,
+    "temporal": 0.25,
+    "mask": 0.25,
     "box": 0.15,
     "track": 0.25,
     "conversation": 0.10,
