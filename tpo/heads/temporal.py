@@ -21,7 +21,7 @@ from tpo.heads.base import (
     sine_position_2d,
 )
 from tpo.losses.temporal import TemporalGroundingCriterion
-from tpo.ops.spans import span_cxw_to_se, temporal_nms
+from tpo.ops.spans import clip_centers, span_cxw_to_se, temporal_nms
 
 __all__ = [
     "TemporalGroundingHead",
@@ -71,7 +71,7 @@ def clip_evidence_span(clip_logits: Tensor, video_mask: Tensor) -> Tensor:
     mask = video_mask.to(clip_logits.dtype)
     probability = clip_logits.sigmoid() * mask
     length = mask.sum(1).clamp(min=1)
-    position = (mask.cumsum(1) - 0.5) / length[:, None]
+    position = clip_centers(video_mask).to(clip_logits.dtype)
     mass = probability.sum(1)
     center = (probability * position).sum(1) / mass.clamp(min=1e-6)
     width = (mass / length).clamp(max=1.0)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from tpo.losses.normalizers import Normalizers, normalizer
 from tpo.ops.matcher import HungarianMatcher
-from tpo.ops.spans import check_normalized_spans, generalized_temporal_iou, span_cxw_to_se
+from tpo.ops.spans import check_normalized_spans, clip_centers, generalized_temporal_iou, span_cxw_to_se
 
 __all__ = ["TemporalGroundingCriterion", "saliency_from_spans"]
 
@@ -36,9 +36,7 @@ def saliency_from_spans(spans: Tensor, valid: Tensor) -> Tensor:
         ``(T,)`` float: 1 where the valid clip's center lies inside a window, else 0 (also for
         padded clips, which the loss ignores anyway).
     """
-    length = valid.sum().clamp(min=1)
-    position = (valid.cumsum(0) - 1).float()
-    centers = (position + 0.5) / length
+    centers = clip_centers(valid)
     se = span_cxw_to_se(spans.float().to(valid.device))
     inside = (centers[:, None] >= se[None, :, 0]) & (centers[:, None] <= se[None, :, 1])
     return (inside.any(-1) & valid).float()

@@ -83,7 +83,14 @@ def generalized_temporal_iou(spans_a: Tensor, spans_b: Tensor) -> Tensor:
     return iou - (hull - union) / hull
 
 
-__all__ += ["temporal_nms", "check_normalized_spans"]
+__all__ += ["temporal_nms", "check_normalized_spans", "clip_centers"]
+
+
+def clip_centers(valid: Tensor) -> Tensor:
+    """Normalised center of each valid clip: ``valid (..., T)`` bool -> ``(..., T)`` float, the
+    ``k``-th valid clip of ``L`` at ``(k + 0.5) / L`` (padded clips get their predecessor's)."""
+    valid = valid.float()
+    return (valid.cumsum(-1) - 0.5) / valid.sum(-1, keepdim=True).clamp(min=1)
 
 
 def temporal_nms(spans: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
